@@ -1,0 +1,62 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from predictor import service
+from predictor.api import health, metrics, nodes
+from predictor.config import Settings, get_settings
+from predictor.ingest.prober import run_prober
+
+
+def create_app(settings: Settings | None = None, runtime: service.Runtime | None = None) -> FastAPI:
+    """Build the app; the runtime starts with it and stops (flushed, checkpointed) with it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime or service.Runtime.build(settings or get_settings())
+        app.state.runtime = rt
+        rt.start()
+        prober = asyncio.create_task(
+            run_prober(
+                targets=lambda: {
+                    n: m["health_url"] for n, m in rt.store.nodes().items() if m.get("health_url")
+                },
+                record=lambda batch: service.ingest_samples(runtime=rt, batch=batch),
+                interval_s=rt.settings.probe_interval_s,
+                timeout_s=rt.settings.probe_timeout_s,
+            )
+        )
+        try:
+            yield
+        finally:
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
+            rt.stop()
+
+    app = FastAPI(title="predictor", version="0.1.0", lifespan=lifespan)
+    for module in (metrics, nodes, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(service.IngestError)
+    async def ingest_error(request: Request, exc: service.IngestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=exc.status)
+
+    @app.exception_handler(service.Overloaded)
+    async def overloaded(request: Request, exc: service.Overloaded) -> JSONResponse:
+        # 503, never 429: Prometheus retries 5xx and drops 429.
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+
+    return app

@@ -1,0 +1,84 @@
+"""One settings object for the whole service (environment prefix ``PREDICTOR_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service; each is also settable as ``PREDICTOR_<NAME>``.
+
+    >>> Settings(port=9000).port
+    9000
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore")
+
+    env: Literal["dev", "prod"] = "dev"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db: Path = Path("data/predictor.db")
+    models_dir: Path = Path("models")
+    state_path: Path | None = Field(
+        default=None, description="Online-state checkpoint; defaults to <db>.state.joblib"
+    )
+
+    # Ingest
+    max_samples_per_request: int = 100_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_unscored_rows: int = 2_000_000  # past this backlog ingest answers 503 + Retry-After
+    future_tolerance_s: float = 3600.0
+
+    # Scoring
+    online_detectors: list[str] = ["ewma_z"]
+    eval_step_s: float = 10.0  # event-time bucket in which a node is evaluated once
+    scoring_chunk_rows: int = 200_000
+    checkpoint_every_s: float = 30.0  # wall-clock: how often the online state is saved
+    risk_history_every_s: float = 0.0  # event-time spacing of stored risk points (0 = every step)
+    batch_weight: float = 0.5  # share of the batch anomaly score in the anomaly part of risk
+    anomaly_weight_with_classifier: float = 0.5
+
+    # Policy
+    dry_run: bool = True
+    enter_threshold: float = 0.8
+    exit_threshold: float = 0.4
+    min_duration_s: float = 60.0
+    cooldown_s: float = 900.0
+    recovery_s: float = 600.0  # sustained low risk before an automatic undrain
+    auto_undrain: bool = True
+    budget_max_nodes: int = 2
+    budget_max_fraction: float = 0.25
+    stale_after_s: float = 120.0
+    failsafe_stale_fraction: float = 0.5
+    failsafe_spike_fraction: float = 0.5
+    weight_actions: bool = False  # lower LB weight as risk rises (needs a weight-capable actuator)
+
+    # Actuators
+    actuator: Literal["log", "webhook"] = "log"
+    webhook_url: str | None = None
+    actuator_timeout_s: float = 5.0
+    actuator_retries: int = 3
+
+    # Health checks
+    probe_interval_s: float = 10.0
+    probe_timeout_s: float = 2.0
+
+    # Training
+    horizon_s: float = 1800.0
+    train_step_s: float = 60.0
+    seed: int = 0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.state_path or self.db.with_suffix(".state.joblib")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide default; tests build their own ``Settings`` instead."""
+    return Settings()

@@ -1,0 +1,81 @@
+"""The one contract every online detector implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+
+class OnlineDetector(ABC):
+    """An online anomaly detector over many independent series at once.
+
+    A *series* is one (node, metric) stream, named by a dense integer key >= 0 that the
+    scoring engine assigns. Detectors keep per-series state in arrays indexed by key and
+    grow them when a larger key appears, so one detector instance serves a whole fleet.
+
+    Contract
+    --------
+    - ``score_many(keys, values, ts)`` returns one score per sample in ``[0, 1]``:
+      **higher = more anomalous**. It uses only state learnt from earlier samples
+      (score before learn) and must not change that state.
+    - ``learn_many(keys, values, ts)`` updates the state with the samples.
+    - Within one call ``keys`` are unique; calls arrive in event-time order per series.
+    - ``values`` are finite floats, ``ts`` unix seconds (float64). Detectors never see
+      labels.
+    - ``__init__`` only stores its arguments; learnt state lives in attributes ending
+      in ``_``; randomness comes from a ``seed`` argument. Instances must survive a
+      ``joblib`` round trip and ``clone()``.
+
+    >>> from predictor.detectors import EwmaZScore
+    >>> det = EwmaZScore()
+    >>> keys = np.array([0]); ts = np.array([0.0])
+    >>> for i in range(50):
+    ...     _ = det.score_learn_many(keys, np.array([1.0 + 0.01 * (i % 2)]), ts + i)
+    >>> float(det.score_many(keys, np.array([9.0]), ts + 51)[0]) > 0.9
+    True
+    """
+
+    @abstractmethod
+    def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Anomaly scores in [0, 1] for the samples, before learning them."""
+
+    @abstractmethod
+    def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+        """Update per-series state with the samples."""
+
+    def score_learn_many(
+        self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray
+    ) -> np.ndarray:
+        """Score, then learn: the order the engine always uses. Override to fuse both."""
+        scores = self.score_many(keys, values, ts)
+        self.learn_many(keys, values, ts)
+        return scores
+
+    def score_one(self, key: int, value: float, ts: float) -> float:
+        return float(self.score_many(np.array([key]), np.array([value]), np.array([ts]))[0])
+
+    def learn_one(self, key: int, value: float, ts: float) -> None:
+        self.learn_many(np.array([key]), np.array([value], dtype=float), np.array([ts]))
+
+    def _get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def clone(self) -> OnlineDetector:
+        """A fresh, unfitted detector with the same parameters."""
+        return type(self)(**self._get_params())
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self._get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+def grow(array: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
+    """Return ``array`` extended along axis 0 to at least ``size`` rows (amortised doubling)."""
+    if len(array) >= size:
+        return array
+    new_len = max(size, 2 * len(array), 16)
+    out = np.full((new_len, *array.shape[1:]), fill, dtype=array.dtype)
+    out[: len(array)] = array
+    return out

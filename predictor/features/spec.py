@@ -1,0 +1,140 @@
+"""The one feature definition, computed online (numpy state) and in batch (pandas).
+
+Per series (one node's one metric), on every in-order sample ``x`` at time ``t``:
+
+========== ===================================================================
+last       ``x``
+ewm_fast   exponentially weighted mean, ``alpha = ALPHA_FAST`` per sample
+ewm_slow   the same with ``ALPHA_SLOW`` (the series' own baseline)
+std_fast   exponentially weighted standard deviation (``ALPHA_FAST``)
+std_slow   the same with ``ALPHA_SLOW``
+rate       ``(x - x_prev) / (t - t_prev)`` per second, 0 on the first sample
+slope      exponentially weighted mean of ``rate`` (``ALPHA_SLOW``): the trend
+robust_z   ``(x - baseline_prev) / (1.2533 * mad_prev)``, against the baseline and the
+           mean absolute deviation learnt *before* this sample; 0 during warm-up
+gap        ``t - t_prev``: seconds since the series' previous sample (staleness)
+========== ===================================================================
+
+A sample whose ``t`` is not after the series' latest ``t`` is stored but does not move
+the features (event time: a late sample cannot rewrite the past).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from predictor.detectors.base import grow
+
+ALPHA_FAST = 0.3
+ALPHA_SLOW = 0.05
+WARMUP = 5
+Z_CLIP = 50.0
+# Mean absolute deviation of a Gaussian is sigma * sqrt(2/pi); this turns it back to sigma.
+MAD_TO_SIGMA = 1.2533
+FEATURES = (
+    "last", "ewm_fast", "ewm_slow", "std_fast", "std_slow", "rate", "slope", "robust_z", "gap",
+)  # fmt: skip
+
+
+def _scale(mad: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    # The relative floor keeps a flat series from dividing by zero.
+    return MAD_TO_SIGMA * mad + 1e-3 * np.abs(baseline) + 1e-9
+
+
+class OnlineFeatures:
+    """Feature state of many series, updated with one sample per series per call."""
+
+    def __init__(self) -> None:
+        self.count_ = np.zeros(0, dtype=np.int64)
+        self.state_ = np.zeros((0, 9))  # last_x, last_t, m_fast, v_fast, m_slow, v_slow, slope, mad, rate
+        self.values_ = np.full((0, len(FEATURES)), np.nan)
+
+    def ensure(self, size: int) -> None:
+        self.count_ = grow(self.count_, size)
+        self.state_ = grow(self.state_, size)
+        self.values_ = grow(self.values_, size, np.nan)
+
+    def update(self, keys: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Fold in one sample per key; return the mask of samples that were in order."""
+        if not len(keys):
+            return np.zeros(0, dtype=bool)
+        self.ensure(int(keys.max()) + 1)
+        count = self.count_[keys]
+        s = self.state_[keys]
+        first = count == 0
+        in_order = first | (t > s[:, 1])
+        keys, x, t, count, s, first = (
+            keys[in_order], x[in_order], t[in_order], count[in_order], s[in_order], first[in_order]
+        )
+        last_x = np.where(first, x, s[:, 0])
+        gap = np.where(first, 0.0, t - s[:, 1])
+        rate = np.where(first, 0.0, (x - last_x) / np.where(gap > 0, gap, 1.0))
+        m_fast, v_fast = _ewm_step(np.where(first, x, s[:, 2]), np.where(first, 0.0, s[:, 3]), x, ALPHA_FAST)
+        baseline_prev = np.where(first, x, s[:, 4])
+        mad_prev = np.where(first, 0.0, s[:, 7])
+        m_slow, v_slow = _ewm_step(baseline_prev, np.where(first, 0.0, s[:, 5]), x, ALPHA_SLOW)
+        slope = np.where(first, 0.0, s[:, 6] + ALPHA_SLOW * (rate - s[:, 6]))
+        deviation = np.abs(x - baseline_prev)
+        mad = mad_prev + ALPHA_SLOW * (deviation - mad_prev)
+        z = np.where(
+            count >= WARMUP, (x - baseline_prev) / _scale(mad_prev, baseline_prev), 0.0
+        )
+        self.state_[keys] = np.column_stack([x, t, m_fast, v_fast, m_slow, v_slow, slope, mad, rate])
+        self.count_[keys] = count + 1
+        self.values_[keys] = np.column_stack(
+            [x, m_fast, m_slow, np.sqrt(v_fast), np.sqrt(v_slow), rate, slope,
+             np.clip(z, -Z_CLIP, Z_CLIP), gap]
+        )  # fmt: skip
+        return in_order
+
+    def last_ts(self, keys: np.ndarray) -> np.ndarray:
+        return np.where(self.count_[keys] > 0, self.state_[keys, 1], np.nan)
+
+
+def _ewm_step(
+    mean: np.ndarray, var: np.ndarray, x: np.ndarray, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of the exponentially weighted mean/variance (pandas ``adjust=False``)."""
+    delta = x - mean
+    return mean + alpha * delta, (1 - alpha) * (var + alpha * delta * delta)
+
+
+def batch_features(samples: pd.DataFrame) -> pd.DataFrame:
+    """The same features with pandas over a history (rows in ingest order).
+
+    Returns the in-order rows of ``samples`` (node, metric, ts, value) with one column per
+    feature, in the original row order.
+    """
+    frame = samples[["node", "metric", "ts", "value"]].reset_index(drop=True)
+    keys = [frame["node"], frame["metric"]]
+    # In order = after every earlier sample of its series, exactly as the online state sees it.
+    prior_max = frame.groupby(keys)["ts"].transform(lambda s: s.cummax().shift())
+    frame = frame[prior_max.isna() | (frame["ts"] > prior_max)].reset_index(drop=True)
+    grouped = frame.groupby(["node", "metric"], sort=False)
+    out = frame.copy()
+    out["count"] = grouped.cumcount()
+
+    def ewm(column: pd.Series, alpha: float, stat: str) -> pd.Series:
+        result = getattr(column.groupby([frame["node"], frame["metric"]], sort=False).ewm(
+            alpha=alpha, adjust=False
+        ), stat)(**({"bias": True} if stat == "var" else {}))
+        return result.reset_index(level=[0, 1], drop=True).sort_index()
+
+    value = frame["value"]
+    out["last"] = value
+    out["ewm_fast"] = ewm(value, ALPHA_FAST, "mean")
+    out["ewm_slow"] = ewm(value, ALPHA_SLOW, "mean")
+    out["std_fast"] = np.sqrt(ewm(value, ALPHA_FAST, "var"))
+    out["std_slow"] = np.sqrt(ewm(value, ALPHA_SLOW, "var"))
+    out["gap"] = grouped["ts"].diff().fillna(0.0)
+    delta = grouped["value"].diff().fillna(0.0)
+    out["rate"] = np.where(out["gap"] > 0, delta / out["gap"].where(out["gap"] > 0, 1.0), 0.0)
+    out["slope"] = ewm(out["rate"], ALPHA_SLOW, "mean")
+    baseline_prev = out.groupby(["node", "metric"], sort=False)["ewm_slow"].shift().fillna(value)
+    deviation = (value - baseline_prev).abs()
+    mad = ewm(deviation, ALPHA_SLOW, "mean")
+    mad_prev = mad.groupby([frame["node"], frame["metric"]], sort=False).shift().fillna(0.0)
+    z = (value - baseline_prev) / _scale(mad_prev.to_numpy(), baseline_prev.to_numpy())
+    out["robust_z"] = np.where(out["count"] >= WARMUP, np.clip(z, -Z_CLIP, Z_CLIP), 0.0)
+    return out.drop(columns="count")

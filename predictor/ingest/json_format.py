@@ -1,0 +1,183 @@
+"""JSON wire formats -> validated columnar batches.
+
+Two shapes are accepted on ``POST /v1/metrics``::
+
+    {"samples": [{"node": "web-1", "metric": "cpu", "ts": 1764115200.0, "value": 0.42,
+                  "labels": {"dc": "eu"}}]}
+    {"node": "web-1", "ts": "2025-11-26T00:00:00Z", "values": {"cpu": 0.42, "mem": 0.7}}
+
+(a JSON list of the second shape is accepted too). A batch is all or nothing: any bad
+sample rejects the whole batch with every offending sample named.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from predictor.ingest.batch import SampleBatch
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
+SAMPLE_FIELDS = {"node", "metric", "ts", "value", "labels"}
+COMPACT_FIELDS = {"node", "ts", "values", "labels"}
+MAX_ERRORS_REPORTED = 50
+
+
+@dataclass
+class IngestError(Exception):
+    """A rejected batch; ``errors`` name the offending samples."""
+
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 422
+
+    def __str__(self) -> str:
+        return f"{len(self.errors)} invalid sample(s): {self.errors[:3]}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Validation bounds, taken from settings by the route."""
+
+    max_samples: int = 100_000
+    now: float = 0.0  # wall-clock now; 0 disables the time-window checks
+    future_tolerance_s: float = 3600.0
+    max_age_s: float = 20 * 365 * 86400.0
+
+
+def parse_ts(raw: Any) -> float:
+    """Unix seconds from a number or an RFC 3339 string."""
+    if isinstance(raw, bool):
+        raise ValueError("ts must be a number or an RFC 3339 string")
+    if isinstance(raw, int | float):
+        ts = float(raw)
+    elif isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"ts {raw!r} is not RFC 3339") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"ts {raw!r} has no time zone")
+        ts = parsed.timestamp()
+    else:
+        raise ValueError("ts must be a number or an RFC 3339 string")
+    if not math.isfinite(ts):
+        raise ValueError("ts is not finite")
+    return ts
+
+
+def _check_value(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError("value must be a number")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError("value must be finite (NaN and infinity are not samples)")
+    return value
+
+
+def _check_name(raw: Any, what: str) -> str:
+    if not isinstance(raw, str) or not NAME_PATTERN.match(raw):
+        raise ValueError(f"{what} must be 1-200 characters of [A-Za-z0-9_.:/-]")
+    return raw
+
+
+def _check_labels(raw: Any) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise ValueError("labels must be an object of string values")
+
+
+def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:
+    """Parse and validate a JSON metrics body; raise :class:`IngestError` on any bad sample."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise IngestError([{"error": f"malformed JSON: {exc}"}], status=400) from None
+
+    nodes: list[str] = []
+    metrics: list[str] = []
+    stamps: list[float] = []
+    values: list[float] = []
+    errors: list[dict[str, Any]] = []
+
+    def fail(index: int, message: str) -> None:
+        if len(errors) < MAX_ERRORS_REPORTED:
+            errors.append({"index": index, "error": message})
+
+    if isinstance(doc, dict) and "samples" in doc:
+        if set(doc) - {"samples"}:
+            raise IngestError([{"error": f"unknown fields {sorted(set(doc) - {'samples'})}"}])
+        items = doc["samples"]
+        if not isinstance(items, list):
+            raise IngestError([{"error": "samples must be a list"}])
+        for i, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise ValueError("a sample must be an object")
+                unknown = set(item) - SAMPLE_FIELDS
+                if unknown:
+                    raise ValueError(f"unknown fields {sorted(unknown)}")
+                missing = {"node", "metric", "ts", "value"} - set(item)
+                if missing:
+                    raise ValueError(f"missing fields {sorted(missing)}")
+                node = _check_name(item["node"], "node")
+                metric = _check_name(item["metric"], "metric")
+                ts = parse_ts(item["ts"])
+                value = _check_value(item["value"])
+                _check_labels(item.get("labels"))
+            except ValueError as exc:
+                fail(i, str(exc))
+                continue
+            nodes.append(node)
+            metrics.append(metric)
+            stamps.append(ts)
+            values.append(value)
+    else:
+        groups = doc if isinstance(doc, list) else [doc]
+        for i, group in enumerate(groups):
+            try:
+                if not isinstance(group, dict):
+                    raise ValueError("expected {'samples': [...]} or {'node', 'ts', 'values'}")
+                unknown = set(group) - COMPACT_FIELDS
+                if unknown:
+                    raise ValueError(f"unknown fields {sorted(unknown)}")
+                missing = {"node", "ts", "values"} - set(group)
+                if missing:
+                    raise ValueError(f"missing fields {sorted(missing)}")
+                node = _check_name(group["node"], "node")
+                ts = parse_ts(group["ts"])
+                _check_labels(group.get("labels"))
+                if not isinstance(group["values"], dict):
+                    raise ValueError("values must be an object {metric: number}")
+                checked = [
+                    (_check_name(m, "metric"), _check_value(v)) for m, v in group["values"].items()
+                ]
+            except ValueError as exc:
+                fail(i, str(exc))
+                continue
+            for metric, value in checked:
+                nodes.append(node)
+                metrics.append(metric)
+                stamps.append(ts)
+                values.append(value)
+
+    if len(nodes) + len(errors) > limits.max_samples:
+        raise IngestError(
+            [{"error": f"too many samples: at most {limits.max_samples} per request"}], status=413
+        )
+    batch = SampleBatch.from_columns(nodes, metrics, stamps, values)
+    if limits.now and len(batch):
+        too_new = batch.ts > limits.now + limits.future_tolerance_s
+        too_old = batch.ts < limits.now - limits.max_age_s
+        for i in (too_new | too_old).nonzero()[0][:MAX_ERRORS_REPORTED]:
+            errors.append({"index": int(i), "error": "ts is too far in the future or past"})
+    if errors:
+        raise IngestError(errors)
+    return batch

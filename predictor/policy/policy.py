@@ -1,0 +1,322 @@
+"""Decisions from risk: hysteresis, minimum duration, cooldown, budget, fail-safe.
+
+All durations are measured in event time (the samples' timestamps), so a replay decides
+what the live service would have decided. Every decision - executed, dry-run or blocked -
+is written to the ``actions`` audit table; a blocked episode is recorded once, not on
+every evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from predictor.actuators import ActionRequest, Actuator, ActuatorError
+from predictor.config import Settings
+from predictor.store import Store
+
+logger = logging.getLogger(__name__)
+DRAINED = "drained"
+
+
+@dataclass
+class NodeTrack:
+    """The policy's memory of one node between evaluations."""
+
+    above_since: float | None = None
+    below_since: float | None = None
+    last_action_ts: float = -math.inf
+    blocked_reason: str | None = None
+
+
+class Policy:
+    """Turns node risk into drain / failover / undrain decisions."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        actuator: Actuator,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings = settings
+        self.store = store
+        self.actuator = actuator
+        self.sleep = sleep
+        self.tracks: dict[str, NodeTrack] = {}
+
+    # -- the fleet-wide fail-safe ------------------------------------------------------
+    def failsafe_reason(
+        self, *, node_last_ts: dict[str, float], node_risk: dict[str, float], now: float
+    ) -> str | None:
+        """Why nothing may be drained right now, or None."""
+        s = self.settings
+        n = len(node_last_ts)
+        if not n:
+            return None
+        stale = sum(now - ts > s.stale_after_s for ts in node_last_ts.values())
+        if n >= 2 and stale / n >= s.failsafe_stale_fraction:
+            return f"fail-safe: {stale}/{n} nodes stale (monitoring outage, not a fleet failure)"
+        risky = sum(r >= s.enter_threshold for r in node_risk.values())
+        # Below a handful of nodes a fraction means nothing; the budget still protects them.
+        if n >= 5 and risky / n >= s.failsafe_spike_fraction:
+            return f"fail-safe: {risky}/{n} nodes risky at once (global incident or bad data)"
+        return None
+
+    # -- decisions ---------------------------------------------------------------------
+    def decide(
+        self,
+        risk: pd.DataFrame,
+        *,
+        node_last_ts: dict[str, float],
+        node_risk: dict[str, float],
+    ) -> list[dict[str, Any]]:
+        """Walk risk rows in event-time order; return the actions recorded."""
+        s = self.settings
+        recorded: list[dict[str, Any]] = []
+        if risk.empty:
+            return recorded
+        states = self.store.node_states()
+        now = max(node_last_ts.values()) if node_last_ts else float(risk["ts"].max())
+        failsafe = self.failsafe_reason(node_last_ts=node_last_ts, node_risk=node_risk, now=now)
+        ordered = risk.sort_values("ts", kind="stable")
+        for node, ts, value, why in zip(
+            ordered["node"], ordered["ts"], ordered["risk"], ordered["why"], strict=True
+        ):
+            track = self.tracks.setdefault(node, NodeTrack())
+            if states.get(node, {}).get("state") == DRAINED:
+                action = self._maybe_recover(node, track, ts, value)
+            else:
+                action = self._maybe_drain(node, track, ts, value, why, failsafe, node_last_ts)
+            if action:
+                recorded.append(action)
+                states = self.store.node_states()
+        return recorded
+
+    def _maybe_recover(
+        self, node: str, track: NodeTrack, ts: float, risk: float
+    ) -> dict[str, Any] | None:
+        s = self.settings
+        if risk >= s.exit_threshold:
+            track.below_since = None
+            return None
+        track.below_since = track.below_since if track.below_since is not None else ts
+        if s.auto_undrain and ts - track.below_since >= s.recovery_s:
+            reason = f"risk {risk:.2f} below {s.exit_threshold} for {ts - track.below_since:.0f}s"
+            return self.undrain(node, reason=f"recovered: {reason}", ts=ts, risk=risk)
+        return None
+
+    def _maybe_drain(
+        self,
+        node: str,
+        track: NodeTrack,
+        ts: float,
+        risk: float,
+        why: list[dict[str, Any]],
+        failsafe: str | None,
+        node_last_ts: dict[str, float],
+    ) -> dict[str, Any] | None:
+        s = self.settings
+        if risk < s.exit_threshold:
+            track.above_since = None
+            track.blocked_reason = None
+            return None
+        if risk < s.enter_threshold and track.above_since is None:
+            return None  # hysteresis: between the thresholds nothing starts
+        track.above_since = track.above_since if track.above_since is not None else ts
+        if ts - track.above_since < s.min_duration_s:
+            return None
+        drivers = ", ".join(f"{w['metric']}={w.get('score', 0):.2f}" for w in why[:3])
+        reason = (
+            f"risk {risk:.2f} >= {s.enter_threshold} for {ts - track.above_since:.0f}s"
+            f" ({drivers})"
+        )
+        blocked = failsafe
+        if blocked is None and ts - track.last_action_ts < s.cooldown_s:
+            blocked = f"cooldown: last action {ts - track.last_action_ts:.0f}s ago"
+        return self._act(node, track, ts, risk, reason, blocked, node_last_ts)
+
+    def _act(
+        self,
+        node: str,
+        track: NodeTrack,
+        ts: float,
+        risk: float,
+        reason: str,
+        blocked: str | None,
+        node_last_ts: dict[str, float],
+    ) -> dict[str, Any] | None:
+        s = self.settings
+        registry = self.store.nodes()
+        meta = registry.get(node, {"pool": "default"})
+        standby = meta.get("standby")
+        action = "failover" if standby else "drain"
+        with self.store.transaction() as conn:
+            # The budget is checked and taken in one write transaction, so two deciders
+            # can never both take the last slot of a pool.
+            if blocked is None:
+                blocked = self._budget_block(conn, node, meta, registry, node_last_ts, ts)
+            if blocked is not None:
+                if blocked.split(":")[0] == (track.blocked_reason or "").split(":")[0]:
+                    return None
+                track.blocked_reason = blocked
+                return _insert_action(
+                    conn, ts, node, meta, action, f"{reason}; blocked by {blocked}", risk,
+                    status="blocked", dry_run=s.dry_run,
+                )  # fmt: skip
+            status = "dry-run" if s.dry_run else "pending"
+            recorded = _insert_action(
+                conn, ts, node, meta, action, reason, risk, status=status, dry_run=s.dry_run
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO node_state VALUES (?, ?, ?, ?)",
+                (node, DRAINED, ts, recorded["id"]),
+            )
+        track.last_action_ts = ts
+        track.above_since = None
+        track.below_since = None
+        track.blocked_reason = None
+        if not s.dry_run:
+            recorded = self._execute(recorded, meta, registry, rollback_state=True)
+        return recorded
+
+    def _budget_block(
+        self,
+        conn: Any,
+        node: str,
+        meta: dict[str, Any],
+        registry: dict[str, dict[str, Any]],
+        node_last_ts: dict[str, float],
+        now: float,
+    ) -> str | None:
+        s = self.settings
+        pool = meta.get("pool") or "default"
+        members = {n for n, m in registry.items() if (m.get("pool") or "default") == pool}
+        members |= {n for n in node_last_ts if n not in registry and pool == "default"}
+        members.add(node)
+        drained = {
+            row[0]
+            for row in conn.execute("SELECT node FROM node_state WHERE state = ?", (DRAINED,))
+        } & members
+        stale = {n for n in members if now - node_last_ts.get(n, -math.inf) > s.stale_after_s}
+        limit = min(s.budget_max_nodes, max(1, math.floor(s.budget_max_fraction * len(members))))
+        if len(drained) >= limit:
+            return f"budget: {len(drained)}/{len(members)} of pool {pool} already drained"
+        healthy_after = len(members - drained - stale - {node})
+        if healthy_after < 1:
+            return f"budget: {node} is the last healthy node of pool {pool}"
+        return None
+
+    # -- execution -------------------------------------------------------------------
+    def _execute(
+        self,
+        recorded: dict[str, Any],
+        meta: dict[str, Any],
+        registry: dict[str, dict[str, Any]],
+        *,
+        rollback_state: bool,
+    ) -> dict[str, Any]:
+        """Run the actuator with retries and write the outcome to the audit row."""
+        s = self.settings
+        steps = [recorded["action"]]
+        if recorded["action"] == "failover":
+            # The standby is made ready before the node stops taking work.
+            steps = ["ready_standby", "drain"]
+        details = []
+        status = "done"
+        try:
+            for step in steps:
+                target = meta.get("standby") if step == "ready_standby" else recorded["node"]
+                request = ActionRequest(
+                    action=step,
+                    node=str(target),
+                    node_meta=registry.get(str(target), meta),
+                    reason=recorded["reason"],
+                    risk=float(recorded["risk"] or 0.0),
+                    ts=recorded["ts"],
+                    action_id=recorded["id"],
+                )
+                details.append(self._with_retries(request))
+        except ActuatorError as exc:
+            status = "failed"
+            details.append(str(exc))
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE actions SET status = ?, executed = ?, detail = ? WHERE id = ?",
+                (status, int(status == "done"), "; ".join(details), recorded["id"]),
+            )
+            if status == "failed" and rollback_state:
+                conn.execute("DELETE FROM node_state WHERE node = ?", (recorded["node"],))
+        return {**recorded, "status": status, "executed": status == "done", "detail": "; ".join(details)}
+
+    def _with_retries(self, request: ActionRequest) -> str:
+        attempts = max(1, self.settings.actuator_retries)
+        for attempt in range(attempts):
+            try:
+                return self.actuator.apply(request)
+            except ActuatorError as exc:
+                if exc.final or attempt == attempts - 1:
+                    raise
+                logger.warning("actuator %s failed (%s); retrying", self.actuator.name, exc)
+                self.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def undrain(self, node: str, *, reason: str, ts: float, risk: float | None = None) -> dict[str, Any]:
+        """Return a drained node to service (automatic recovery or manual override)."""
+        registry = self.store.nodes()
+        meta = registry.get(node, {"pool": "default"})
+        with self.store.transaction() as conn:
+            recorded = _insert_action(
+                conn, ts, node, meta, "undrain", reason, risk,
+                status="dry-run" if self.settings.dry_run else "pending",
+                dry_run=self.settings.dry_run,
+            )  # fmt: skip
+            conn.execute("DELETE FROM node_state WHERE node = ?", (node,))
+        track = self.tracks.setdefault(node, NodeTrack())
+        track.last_action_ts = ts
+        track.above_since = track.below_since = None
+        if not self.settings.dry_run:
+            recorded = self._execute(recorded, meta, registry, rollback_state=False)
+        return recorded
+
+    # -- checkpoint ----------------------------------------------------------------------
+    def export_state(self) -> dict[str, NodeTrack]:
+        return dict(self.tracks)
+
+    def import_state(self, tracks: dict[str, NodeTrack]) -> None:
+        self.tracks = dict(tracks)
+
+
+def _insert_action(
+    conn: Any,
+    ts: float,
+    node: str,
+    meta: dict[str, Any],
+    action: str,
+    reason: str,
+    risk: float | None,
+    *,
+    status: str,
+    dry_run: bool,
+) -> dict[str, Any]:
+    pool = meta.get("pool") or "default"
+    risk_value = None if risk is None or not np.isfinite(risk) else float(risk)
+    wall = time.time()
+    cursor = conn.execute(
+        "INSERT INTO actions (ts, node, pool, action, reason, risk, executed, dry_run, status,"
+        " detail, wall_ts) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, '', ?)",
+        (ts, node, pool, action, reason, risk_value, int(dry_run), status, wall),
+    )
+    return {
+        "id": cursor.lastrowid, "ts": ts, "node": node, "pool": pool, "action": action,
+        "reason": reason, "risk": risk_value, "executed": False, "dry_run": dry_run,
+        "status": status, "detail": "", "wall_ts": wall,
+    }  # fmt: skip

@@ -1,0 +1,128 @@
+"""API models (pydantic). Hot-path metric bodies are parsed by :mod:`predictor.ingest`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from predictor.ingest.json_format import NAME_PATTERN, parse_ts
+
+NodeName = Field(pattern=NAME_PATTERN.pattern)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sample(Strict):
+    node: str = NodeName
+    metric: str = NodeName
+    ts: float | str
+    value: float
+    labels: dict[str, str] | None = None
+
+
+class MetricsBatch(Strict):
+    """Documentation of the ``POST /v1/metrics`` body (also accepts the compact form)."""
+
+    samples: list[Sample]
+
+
+class CompactSamples(Strict):
+    node: str = NodeName
+    ts: float | str
+    values: dict[str, float]
+    labels: dict[str, str] | None = None
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class NodeMeta(Strict):
+    pool: str = Field(default="default", pattern=NAME_PATTERN.pattern)
+    lb_backend: str | None = None
+    lb_server: str | None = None
+    standby: str | None = Field(default=None, pattern=NAME_PATTERN.pattern)
+    health_url: str | None = Field(default=None, pattern=r"^https?://")
+    labels: dict[str, str] = {}
+
+
+class NodeOut(NodeMeta):
+    node: str
+
+
+class Event(Strict):
+    node: str = NodeName
+    ts: float
+    kind: Literal["failure", "recovery", "maintenance"]
+    reason: str = Field(default="", max_length=1000)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts(cls, value: Any) -> float:
+        return parse_ts(value)
+
+
+class EventsIn(Strict):
+    events: list[Event] = Field(max_length=10_000)
+
+
+class WhyItem(BaseModel):
+    metric: str
+    score: float
+    z: float | None = None
+    value: float | None = None
+
+
+class RiskOut(BaseModel):
+    node: str
+    ts: float
+    risk: float
+    online: float
+    batch: float
+    p_fail: float | None
+    trend: float
+    why: list[WhyItem]
+    staleness_s: float
+    state: str
+
+
+class RiskPoint(BaseModel):
+    ts: float
+    risk: float
+    online: float
+    batch: float
+    p_fail: float | None
+    trend: float
+    why: str
+
+
+class ActionOut(BaseModel):
+    id: int
+    ts: float
+    node: str
+    pool: str
+    action: str
+    reason: str
+    risk: float | None
+    executed: bool
+    dry_run: bool
+    status: str
+    detail: str
+    wall_ts: float
+
+
+class UndrainIn(Strict):
+    reason: str = Field(default="operator override", max_length=1000)
+
+
+class Health(BaseModel):
+    store: bool
+    model: str | None
+    scoring_lag_rows: int
+    scorer_alive: bool
+
+
+Kind = Literal["failure", "recovery", "maintenance"]

@@ -1,0 +1,255 @@
+"""Per-node scoring: samples -> features -> online detectors + batch model -> risk + why.
+
+Fusion (all scores in [0, 1], higher = more risk):
+
+- ``online``  = the highest per-series online score among the node's metrics (a failing
+  node rarely misbehaves on every metric at once, so averaging would hide it);
+- ``anomaly`` = ``(1 - batch_weight) * online + batch_weight * isolation_forest``;
+- ``risk``    = ``anomaly`` without a failure classifier, otherwise the noisy-OR
+  ``1 - (1 - p_fail) * (1 - anomaly_weight_with_classifier * anomaly)``: a trained
+  P(failure within H) leads, and an anomaly alone can raise risk only part of the way.
+
+``why`` lists the node's metrics that contribute most, and ``trend`` is the risk minus its
+recent exponentially weighted mean (positive = rising).
+
+Nodes are evaluated once per event-time bucket of ``eval_step_s`` in which they report,
+so replaying history at full speed gives the decisions the live service would have made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from predictor.config import Settings
+from predictor.detectors import OnlineDetector, make_detector
+from predictor.detectors.base import grow
+from predictor.features import FEATURES, OnlineFeatures
+from predictor.features.node import assemble
+from predictor.ingest.batch import SampleBatch
+from predictor.training.model import BatchModel
+
+WHY_TOP = 3
+TREND_ALPHA = 0.1
+_Z = FEATURES.index("robust_z")
+
+
+@dataclass
+class StepResult:
+    """What one ``process`` call produced."""
+
+    sample_scores: np.ndarray  # per input row: the online anomaly score (0 if out of order)
+    risk: pd.DataFrame  # one row per node evaluation: node, ts, risk, online, batch, p_fail, trend, why
+
+
+@dataclass
+class EngineState:
+    """Everything the engine learnt; checkpointed with joblib."""
+
+    series_ids: dict[tuple[str, str], int] = field(default_factory=dict)
+    node_ids: dict[str, int] = field(default_factory=dict)
+    series_node: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    series_metric: list[str] = field(default_factory=list)
+    series_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    node_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    node_risk: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    node_risk_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    features: OnlineFeatures = field(default_factory=OnlineFeatures)
+    detectors: list[OnlineDetector] = field(default_factory=list)
+    scored_rowid: int = 0
+
+
+class ScoringEngine:
+    """Turns columnar sample batches into per-sample scores and per-node risk."""
+
+    def __init__(self, *, settings: Settings, model: BatchModel | None = None):
+        self.settings = settings
+        self.state = EngineState(detectors=[make_detector(n) for n in settings.online_detectors])
+        self.model: BatchModel | None = None
+        self.set_model(model)
+
+    # -- model -----------------------------------------------------------------------
+    def set_model(self, model: BatchModel | None) -> None:
+        self.model = model
+        self._slots = {m: i for i, m in enumerate(model.metrics)} if model else {}
+
+    # -- series bookkeeping ----------------------------------------------------------
+    def _keys(self, batch: SampleBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Dense series keys and node ids for every row, registering new ones."""
+        st = self.state
+        codes, uniques = pd.factorize(pd.MultiIndex.from_arrays([batch.node, batch.metric]))
+        unique_keys = np.empty(len(uniques), dtype=np.int64)
+        for i, (node, metric) in enumerate(uniques):
+            key = st.series_ids.get((node, metric))
+            if key is None:
+                key = len(st.series_ids)
+                st.series_ids[(node, metric)] = key
+                node_id = st.node_ids.setdefault(node, len(st.node_ids))
+                st.series_node = grow(st.series_node, key + 1)
+                st.series_node[key] = node_id
+                st.series_metric.append(metric)
+            unique_keys[i] = key
+        n_series, n_nodes = len(st.series_ids), len(st.node_ids)
+        st.series_node = st.series_node[: max(len(st.series_node), n_series)]
+        st.series_score = grow(st.series_score, n_series)
+        for name in ("node_ts", "node_risk", "node_risk_mean"):
+            setattr(st, name, grow(getattr(st, name), n_nodes))
+        keys = unique_keys[codes]
+        return keys, st.series_node[keys]
+
+    # -- processing ------------------------------------------------------------------
+    def process(self, batch: SampleBatch) -> StepResult:
+        """Score a batch (any order, any mix of nodes); returns scores and node risk."""
+        scores = np.zeros(len(batch))
+        if not len(batch):
+            return StepResult(scores, _empty_risk())
+        keys, nodes = self._keys(batch)
+        bucket = np.floor(batch.ts / max(self.settings.eval_step_s, 1e-9))
+        # Round r holds each node's r-th event-time bucket in this batch.
+        order = np.lexsort((batch.ts, bucket, nodes))
+        n_sorted, b_sorted = nodes[order], bucket[order]
+        new_group = np.ones(len(order), dtype=bool)
+        new_group[1:] = (n_sorted[1:] != n_sorted[:-1]) | (b_sorted[1:] != b_sorted[:-1])
+        group = np.cumsum(new_group) - 1
+        node_start = np.ones(len(order), dtype=bool)
+        node_start[1:] = n_sorted[1:] != n_sorted[:-1]
+        first_group = np.maximum.accumulate(np.where(node_start, group, 0))
+        rounds = np.empty(len(order), dtype=np.int64)
+        rounds[order] = group - first_group
+
+        frames = []
+        round_order = np.argsort(rounds, kind="stable")
+        bounds = np.searchsorted(rounds[round_order], np.arange(rounds.max() + 2))
+        for r in range(len(bounds) - 1):
+            rows = round_order[bounds[r] : bounds[r + 1]]
+            self._fold(rows, keys, batch, scores)
+            frames.append(self._evaluate(np.unique(nodes[rows]), rows, nodes, batch.ts))
+        risk = pd.concat(frames, ignore_index=True) if frames else _empty_risk()
+        return StepResult(scores, risk)
+
+    def _fold(self, rows: np.ndarray, keys: np.ndarray, batch: SampleBatch, out: np.ndarray) -> None:
+        """Update features and detectors with ``rows``, one sample per series at a time."""
+        st = self.state
+        rows = rows[np.lexsort((batch.ts[rows], keys[rows]))]
+        k = keys[rows]
+        starts = np.ones(len(k), dtype=bool)
+        starts[1:] = k[1:] != k[:-1]
+        rank = np.arange(len(k)) - np.maximum.accumulate(np.where(starts, np.arange(len(k)), 0))
+        for r in range(int(rank.max()) + 1):
+            sub = rows[rank == r]
+            sk, sx, stt = keys[sub], batch.value[sub], batch.ts[sub]
+            in_order = st.features.update(sk, sx, stt)
+            sub, sk, sx, stt = sub[in_order], sk[in_order], sx[in_order], stt[in_order]
+            if not len(sub):
+                continue
+            fused = np.zeros(len(sub))
+            for detector in st.detectors:
+                fused = np.maximum(fused, detector.score_learn_many(sk, sx, stt))
+            out[sub] = fused
+            st.series_score[sk] = fused
+
+    def _evaluate(
+        self, node_ids: np.ndarray, rows: np.ndarray, nodes: np.ndarray, ts: np.ndarray
+    ) -> pd.DataFrame:
+        """Risk of ``node_ids`` after their latest samples."""
+        st = self.state
+        latest = np.full(len(st.node_ids), -np.inf)
+        np.maximum.at(latest, nodes[rows], ts[rows])
+        st.node_ts[node_ids] = np.maximum(st.node_ts[node_ids], latest[node_ids])
+
+        n_series = len(st.series_ids)
+        series = np.nonzero(np.isin(st.series_node[:n_series], node_ids))[0]
+        local = np.searchsorted(node_ids, st.series_node[series])
+        online = np.zeros(len(node_ids))
+        np.maximum.at(online, local, st.series_score[series])
+
+        batch_anomaly = np.zeros(len(node_ids))
+        p_fail = np.full(len(node_ids), np.nan)
+        if self.model is not None:
+            slots = np.array([self._slots.get(st.series_metric[s], -1) for s in series], dtype=np.int64)
+            X = assemble(
+                values=st.features.values_[series],
+                last_ts=st.features.state_[series, 1],
+                series_node=local,
+                series_slot=slots,
+                node_ts=st.node_ts[node_ids],
+                n_metrics=len(self._slots),
+            )
+            batch_anomaly = self.model.anomaly_score(X)
+            probability = self.model.failure_probability(X)
+            if probability is not None:
+                p_fail = probability
+
+        w = self.settings.batch_weight if self.model is not None else 0.0
+        anomaly = (1 - w) * online + w * batch_anomaly
+        has_p = ~np.isnan(p_fail)
+        w_a = self.settings.anomaly_weight_with_classifier
+        risk = np.where(has_p, 1 - (1 - np.nan_to_num(p_fail)) * (1 - w_a * anomaly), anomaly)
+
+        seen_before = st.node_risk_mean[node_ids] > 0
+        trend = np.where(seen_before, risk - st.node_risk_mean[node_ids], 0.0)
+        st.node_risk_mean[node_ids] += TREND_ALPHA * (risk - st.node_risk_mean[node_ids])
+        st.node_risk[node_ids] = risk
+
+        why = self._why(node_ids, series, local, p_fail)
+        names = np.array(list(st.node_ids), dtype=object)
+        return pd.DataFrame(
+            {
+                "node": names[node_ids],
+                "ts": st.node_ts[node_ids],
+                "risk": risk,
+                "online": online,
+                "batch": batch_anomaly,
+                "p_fail": p_fail,
+                "trend": trend,
+                "why": why,
+            }
+        )
+
+    def _why(
+        self, node_ids: np.ndarray, series: np.ndarray, local: np.ndarray, p_fail: np.ndarray
+    ) -> list[list[dict[str, Any]]]:
+        """The top contributing metrics of each node, most anomalous first."""
+        st = self.state
+        score = st.series_score[series]
+        z = st.features.values_[series, _Z]
+        order = np.lexsort((-np.abs(z), -score, local))
+        why: list[list[dict[str, Any]]] = [[] for _ in node_ids]
+        for s_index in order.tolist():
+            entries = why[local[s_index]]
+            if len(entries) < WHY_TOP:
+                s = int(series[s_index])
+                entries.append(
+                    {
+                        "metric": st.series_metric[s],
+                        "score": round(float(st.series_score[s]), 4),
+                        "z": round(float(st.features.values_[s, _Z]), 2),
+                        "value": float(st.features.values_[s, 0]),
+                    }
+                )
+        for i, p in enumerate(p_fail.tolist()):
+            if p == p:  # not NaN
+                why[i].insert(0, {"metric": "failure_model", "score": round(p, 4)})
+        return why
+
+    # -- queries ---------------------------------------------------------------------
+    def node_names(self) -> list[str]:
+        return list(self.state.node_ids)
+
+    def fleet_now(self) -> float:
+        """The latest event time seen anywhere in the fleet."""
+        n = len(self.state.node_ids)
+        return float(self.state.node_ts[:n].max()) if n else 0.0
+
+    def node_last_ts(self) -> dict[str, float]:
+        st = self.state
+        return dict(zip(st.node_ids, st.node_ts[: len(st.node_ids)].tolist(), strict=True))
+
+
+def _empty_risk() -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: [] for c in ("node", "ts", "risk", "online", "batch", "p_fail", "trend", "why")}
+    )

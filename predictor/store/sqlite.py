@@ -1,0 +1,238 @@
+"""The embedded store: SQLite in WAL mode, durable on commit."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from predictor.ingest.batch import SampleBatch
+
+SCHEMA = """
+-- Append-only: the rowid is the ingest sequence the scorer follows and replays from.
+CREATE TABLE IF NOT EXISTS samples (
+    node TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL, value REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY, pool TEXT NOT NULL DEFAULT 'default', lb_backend TEXT,
+    lb_server TEXT, standby TEXT, health_url TEXT, labels TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, node TEXT NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_node_ts ON events (node, ts);
+-- One point per node evaluation; a replay after a crash rewrites the same points.
+CREATE TABLE IF NOT EXISTS risk (
+    node TEXT NOT NULL, ts REAL NOT NULL, risk REAL NOT NULL, online REAL NOT NULL,
+    batch REAL NOT NULL, p_fail REAL, trend REAL NOT NULL, why TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS risk_node_ts ON risk (node, ts);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, node TEXT NOT NULL, pool TEXT NOT NULL,
+    action TEXT NOT NULL, reason TEXT NOT NULL, risk REAL, executed INTEGER NOT NULL,
+    dry_run INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
+    wall_ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_node ON actions (node, id);
+-- The policy's memory: which nodes are drained, so a restart neither forgets nor repeats.
+CREATE TABLE IF NOT EXISTS node_state (
+    node TEXT PRIMARY KEY, state TEXT NOT NULL, since REAL NOT NULL, action_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+NODE_FIELDS = ("pool", "lb_backend", "lb_server", "standby", "health_url", "labels")
+
+
+class SQLiteStore:
+    """All durable state of one service instance in one SQLite file.
+
+    Writes go through one connection under a lock; reads use a second connection so the
+    scorer and the API never wait on an ingest commit (WAL lets readers run beside it).
+    ``synchronous=FULL`` makes every acknowledged commit survive a crash of the process
+    or of the machine.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write = self._connect()
+        self._read = self._connect()
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        with self._write_lock:
+            self._write.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def close(self) -> None:
+        self._write.close()
+        self._read.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``BEGIN IMMEDIATE`` so concurrent deciders serialise."""
+        with self._write_lock:
+            self._write.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._write
+            except BaseException:
+                self._write.execute("ROLLBACK")
+                raise
+            self._write.execute("COMMIT")
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._read.execute(sql, tuple(params)).fetchall()
+
+    # -- samples ---------------------------------------------------------------------
+    def append_samples(self, batch: SampleBatch) -> int:
+        """Commit a batch; return the last rowid. Returns only after the commit is durable."""
+        rows = zip(
+            batch.node.tolist(), batch.metric.tolist(), batch.ts.tolist(), batch.value.tolist(),
+            strict=True,
+        )
+        with self.transaction() as conn:
+            conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", rows)
+            return int(conn.execute("SELECT max(rowid) FROM samples").fetchone()[0] or 0)
+
+    def samples_after(self, rowid: int, limit: int) -> tuple[SampleBatch, int]:
+        """Samples in ingest order after ``rowid``; also the last rowid read."""
+        rows = self._query(
+            "SELECT rowid, node, metric, ts, value FROM samples WHERE rowid > ? "
+            "ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        )
+        if not rows:
+            return SampleBatch.empty(), rowid
+        ids, nodes, metrics, stamps, values = zip(*rows, strict=True)
+        return SampleBatch.from_columns(nodes, metrics, stamps, values), int(ids[-1])
+
+    def last_sample_rowid(self) -> int:
+        return int(self._query("SELECT coalesce(max(rowid), 0) FROM samples")[0][0])
+
+    def count_samples(self) -> int:
+        return int(self._query("SELECT count(*) FROM samples")[0][0])
+
+    def samples_frame(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
+        """Stored samples as a DataFrame in ingest order (training and replays)."""
+        sql = "SELECT node, metric, ts, value FROM samples WHERE ts >= ? AND ts <= ? ORDER BY rowid"
+        with self._read_lock:
+            return pd.read_sql_query(
+                sql,
+                self._read,
+                params=(since if since is not None else -np.inf, until if until is not None else np.inf),
+            )
+
+    # -- nodes -------------------------------------------------------------------------
+    def upsert_node(self, node: str, meta: dict[str, Any]) -> None:
+        values = {k: meta.get(k) for k in NODE_FIELDS}
+        values["pool"] = values["pool"] or "default"
+        values["labels"] = orjson.dumps(values["labels"] or {}).decode()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO nodes (node, pool, lb_backend, lb_server, standby, health_url, labels)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET pool=excluded.pool,"
+                " lb_backend=excluded.lb_backend, lb_server=excluded.lb_server,"
+                " standby=excluded.standby, health_url=excluded.health_url, labels=excluded.labels",
+                (node, *(values[k] for k in NODE_FIELDS)),
+            )
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        rows = self._query(f"SELECT node, {', '.join(NODE_FIELDS)} FROM nodes")
+        out = {}
+        for row in rows:
+            meta = dict(zip(NODE_FIELDS, row[1:], strict=True))
+            meta["labels"] = orjson.loads(meta["labels"])
+            out[row[0]] = meta
+        return out
+
+    def node(self, node: str) -> dict[str, Any] | None:
+        return self.nodes().get(node)
+
+    # -- events ------------------------------------------------------------------------
+    def add_events(self, events: list[dict[str, Any]]) -> None:
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO events (node, ts, kind, reason) VALUES (?, ?, ?, ?)",
+                [(e["node"], e["ts"], e["kind"], e.get("reason", "")) for e in events],
+            )
+
+    def events_frame(self) -> pd.DataFrame:
+        with self._read_lock:
+            return pd.read_sql_query(
+                "SELECT node, ts, kind, reason FROM events ORDER BY ts, id", self._read
+            )
+
+    # -- risk history ------------------------------------------------------------------
+    def append_risk(self, frame: pd.DataFrame) -> None:
+        p_fail = frame["p_fail"].astype(float)
+        rows = zip(
+            frame["node"].tolist(), frame["ts"].tolist(), frame["risk"].tolist(),
+            frame["online"].tolist(), frame["batch"].tolist(),
+            p_fail.where(p_fail.notna(), None).tolist(), frame["trend"].tolist(),
+            [orjson.dumps(w).decode() for w in frame["why"]],
+            strict=True,
+        )  # fmt: skip
+        with self.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO risk VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def risk_history(self, node: str, since: float = -np.inf, limit: int = 5000) -> pd.DataFrame:
+        with self._read_lock:
+            return pd.read_sql_query(
+                "SELECT ts, risk, online, batch, p_fail, trend, why FROM risk"
+                " WHERE node = ? AND ts >= ?"
+                " ORDER BY ts DESC LIMIT ?",
+                self._read,
+                params=(node, since, limit),
+            ).iloc[::-1].reset_index(drop=True)
+
+    # -- actions and node state ----------------------------------------------------------
+    def actions(self, *, node: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        cols = (
+            "id", "ts", "node", "pool", "action", "reason", "risk", "executed", "dry_run",
+            "status", "detail", "wall_ts",
+        )
+        where, params = ("WHERE node = ?", [node]) if node else ("", [])
+        rows = self._query(
+            f"SELECT {', '.join(cols)} FROM actions {where} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        out = [dict(zip(cols, row, strict=True)) for row in rows]
+        for item in out:
+            item["executed"] = bool(item["executed"])
+            item["dry_run"] = bool(item["dry_run"])
+        return out
+
+    def node_states(self) -> dict[str, dict[str, Any]]:
+        rows = self._query("SELECT node, state, since, action_id FROM node_state")
+        return {r[0]: {"state": r[1], "since": r[2], "action_id": r[3]} for r in rows}
+
+    # -- meta --------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
+
+    def ping(self) -> bool:
+        return bool(self._query("SELECT 1"))
