@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     probe_timeout_s: float = 2.0
 
     # Training
-    horizon_s: float = 1800.0
+    horizon_s: float = 3600.0
     train_step_s: float = 60.0
     seed: int = 0
 

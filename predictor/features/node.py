@@ -12,7 +12,7 @@ import numpy as np
 
 from predictor.features.spec import FEATURES
 
-PER_METRIC = ("last", "robust_z", "slope", "std_fast", "gap")
+PER_METRIC = ("last", "robust_z", "slope", "std_fast", "gap", "drift")
 AGGREGATES = ("max_abs_z", "mean_abs_z", "max_gap", "missing_fraction")
 _INDEX = [FEATURES.index(name) for name in PER_METRIC]
 _Z = FEATURES.index("robust_z")
@@ -52,7 +52,8 @@ def assemble(
     known = series_slot >= 0
     per_metric[series_node[known], series_slot[known]] = values[known][:, _INDEX]
 
-    abs_z = np.abs(values[:, _Z])
+    # A series registered in this batch but not folded in yet has NaN features: skip it.
+    abs_z = np.nan_to_num(np.abs(values[:, _Z]))
     max_abs_z = np.zeros(n_nodes)
     sum_abs_z = np.zeros(n_nodes)
     max_gap = np.zeros(n_nodes)
@@ -60,7 +61,7 @@ def assemble(
     missing = np.zeros(n_nodes)
     np.maximum.at(max_abs_z, series_node, abs_z)
     np.add.at(sum_abs_z, series_node, abs_z)
-    np.maximum.at(max_gap, series_node, values[:, _GAP])
+    np.maximum.at(max_gap, series_node, np.nan_to_num(values[:, _GAP]))
     np.add.at(count, series_node, 1.0)
     # A series that did not report at the node's latest time is missing at that moment.
     np.add.at(missing, series_node, (last_ts < node_ts[series_node]).astype(float))

@@ -13,6 +13,10 @@ slope      exponentially weighted mean of ``rate`` (``ALPHA_SLOW``): the trend
 robust_z   ``(x - baseline_prev) / (1.2533 * mad_prev)``, against the baseline and the
            mean absolute deviation learnt *before* this sample; 0 during warm-up
 gap        ``t - t_prev``: seconds since the series' previous sample (staleness)
+ewm_long   exponentially weighted mean with ``ALPHA_LONG``: the long-run level
+std_long   its exponentially weighted standard deviation
+drift      ``(ewm_fast - ewm_long) / std_long``: how far the recent level has moved
+           from the long-run one; a slow ramp that ``robust_z`` gets used to shows here
 ========== ===================================================================
 
 A sample whose ``t`` is not after the series' latest ``t`` is stored but does not move
@@ -28,12 +32,14 @@ from predictor.detectors.base import grow
 
 ALPHA_FAST = 0.3
 ALPHA_SLOW = 0.05
+ALPHA_LONG = 0.005
 WARMUP = 5
 Z_CLIP = 50.0
 # Mean absolute deviation of a Gaussian is sigma * sqrt(2/pi); this turns it back to sigma.
 MAD_TO_SIGMA = 1.2533
 FEATURES = (
     "last", "ewm_fast", "ewm_slow", "std_fast", "std_slow", "rate", "slope", "robust_z", "gap",
+    "ewm_long", "std_long", "drift",
 )  # fmt: skip
 
 
@@ -47,7 +53,8 @@ class OnlineFeatures:
 
     def __init__(self) -> None:
         self.count_ = np.zeros(0, dtype=np.int64)
-        self.state_ = np.zeros((0, 9))  # last_x, last_t, m_fast, v_fast, m_slow, v_slow, slope, mad, rate
+        # last_x, last_t, m_fast, v_fast, m_slow, v_slow, slope, mad, m_long, v_long
+        self.state_ = np.zeros((0, 10))
         self.values_ = np.full((0, len(FEATURES)), np.nan)
 
     def ensure(self, size: int) -> None:
@@ -77,19 +84,30 @@ class OnlineFeatures:
         slope = np.where(first, 0.0, s[:, 6] + ALPHA_SLOW * (rate - s[:, 6]))
         deviation = np.abs(x - baseline_prev)
         mad = mad_prev + ALPHA_SLOW * (deviation - mad_prev)
+        m_long, v_long = _ewm_step(
+            np.where(first, x, s[:, 8]), np.where(first, 0.0, s[:, 9]), x, ALPHA_LONG
+        )
+        drift = _drift(m_fast, m_long, v_long)
         z = np.where(
             count >= WARMUP, (x - baseline_prev) / _scale(mad_prev, baseline_prev), 0.0
         )
-        self.state_[keys] = np.column_stack([x, t, m_fast, v_fast, m_slow, v_slow, slope, mad, rate])
+        self.state_[keys] = np.column_stack(
+            [x, t, m_fast, v_fast, m_slow, v_slow, slope, mad, m_long, v_long]
+        )
         self.count_[keys] = count + 1
         self.values_[keys] = np.column_stack(
             [x, m_fast, m_slow, np.sqrt(v_fast), np.sqrt(v_slow), rate, slope,
-             np.clip(z, -Z_CLIP, Z_CLIP), gap]
+             np.clip(z, -Z_CLIP, Z_CLIP), gap, m_long, np.sqrt(v_long), drift]
         )  # fmt: skip
         return in_order
 
     def last_ts(self, keys: np.ndarray) -> np.ndarray:
         return np.where(self.count_[keys] > 0, self.state_[keys, 1], np.nan)
+
+
+def _drift(m_fast: np.ndarray, m_long: np.ndarray, v_long: np.ndarray) -> np.ndarray:
+    scale = np.sqrt(v_long) + 1e-3 * np.abs(m_long) + 1e-9
+    return np.clip((m_fast - m_long) / scale, -Z_CLIP, Z_CLIP)
 
 
 def _ewm_step(
@@ -137,4 +155,9 @@ def batch_features(samples: pd.DataFrame) -> pd.DataFrame:
     mad_prev = mad.groupby([frame["node"], frame["metric"]], sort=False).shift().fillna(0.0)
     z = (value - baseline_prev) / _scale(mad_prev.to_numpy(), baseline_prev.to_numpy())
     out["robust_z"] = np.where(out["count"] >= WARMUP, np.clip(z, -Z_CLIP, Z_CLIP), 0.0)
+    out["ewm_long"] = ewm(value, ALPHA_LONG, "mean")
+    out["std_long"] = np.sqrt(ewm(value, ALPHA_LONG, "var"))
+    out["drift"] = _drift(
+        out["ewm_fast"].to_numpy(), out["ewm_long"].to_numpy(), out["std_long"].to_numpy() ** 2
+    )
     return out.drop(columns="count")

@@ -95,6 +95,7 @@ class ScoringEngine:
         n_series, n_nodes = len(st.series_ids), len(st.node_ids)
         st.series_node = st.series_node[: max(len(st.series_node), n_series)]
         st.series_score = grow(st.series_score, n_series)
+        st.features.ensure(n_series)
         for name in ("node_ts", "node_risk", "node_risk_mean"):
             setattr(st, name, grow(getattr(st, name), n_nodes))
         keys = unique_keys[codes]
@@ -160,24 +161,14 @@ class ScoringEngine:
         np.maximum.at(latest, nodes[rows], ts[rows])
         st.node_ts[node_ids] = np.maximum(st.node_ts[node_ids], latest[node_ids])
 
-        n_series = len(st.series_ids)
-        series = np.nonzero(np.isin(st.series_node[:n_series], node_ids))[0]
-        local = np.searchsorted(node_ids, st.series_node[series])
+        series, local = self._series_of(node_ids)
         online = np.zeros(len(node_ids))
         np.maximum.at(online, local, st.series_score[series])
 
         batch_anomaly = np.zeros(len(node_ids))
         p_fail = np.full(len(node_ids), np.nan)
         if self.model is not None:
-            slots = np.array([self._slots.get(st.series_metric[s], -1) for s in series], dtype=np.int64)
-            X = assemble(
-                values=st.features.values_[series],
-                last_ts=st.features.state_[series, 1],
-                series_node=local,
-                series_slot=slots,
-                node_ts=st.node_ts[node_ids],
-                n_metrics=len(self._slots),
-            )
+            X = self.node_features(node_ids, series, local)
             batch_anomaly = self.model.anomaly_score(X)
             probability = self.model.failure_probability(X)
             if probability is not None:
@@ -207,6 +198,32 @@ class ScoringEngine:
                 "trend": trend,
                 "why": why,
             }
+        )
+
+    def _series_of(self, node_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The series of the (sorted) ``node_ids`` and each one's row among them."""
+        st = self.state
+        series = np.nonzero(np.isin(st.series_node[: len(st.series_ids)], node_ids))[0]
+        return series, np.searchsorted(node_ids, st.series_node[series])
+
+    def node_features(
+        self,
+        node_ids: np.ndarray,
+        series: np.ndarray | None = None,
+        local: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The batch model's input rows for ``node_ids`` (sorted), as of their latest sample."""
+        st = self.state
+        if series is None or local is None:
+            series, local = self._series_of(node_ids)
+        slots = np.array([self._slots.get(st.series_metric[s], -1) for s in series], dtype=np.int64)
+        return assemble(
+            values=st.features.values_[series],
+            last_ts=st.features.state_[series, 1],
+            series_node=local,
+            series_slot=slots,
+            node_ts=st.node_ts[node_ids],
+            n_metrics=len(self._slots),
         )
 
     def _why(

@@ -5,12 +5,75 @@ from __future__ import annotations
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 
 from predictor.features.node import feature_names
 
 MIN_POSITIVES = 10
+CALIBRATION_FRACTION = 0.2
+
+
+def average_path_length(n: np.ndarray) -> np.ndarray:
+    """Expected path length of an unsuccessful search in a binary tree of ``n`` points."""
+    n = np.asarray(n, dtype=float)
+    harmonic = np.log(np.maximum(n - 1, 1)) + np.euler_gamma
+    out = 2.0 * harmonic - 2.0 * (n - 1) / np.maximum(n, 1)
+    return np.where(n <= 1, 0.0, np.where(n == 2, 1.0, out))
+
+
+class CompiledForest:
+    """A fitted IsolationForest flattened into arrays and walked for all trees at once.
+
+    sklearn scores tree by tree through joblib, ~25 ms per call however few rows; the
+    engine scores a handful of nodes per evaluation, so it walks all trees together in
+    numpy instead (same numbers: a test holds it equal to ``score_samples``).
+    """
+
+    def __init__(self, forest: IsolationForest, fill: np.ndarray):
+        features, thresholds, lefts, rights, values, roots = [], [], [], [], [], []
+        offset = 0
+        for tree, subset in zip(forest.estimators_, forest.estimators_features_, strict=True):
+            t = tree.tree_
+            leaf = t.children_left < 0
+            depth = np.zeros(t.node_count)
+            for node in range(t.node_count):  # parents precede children in sklearn trees
+                if not leaf[node]:
+                    depth[t.children_left[node]] = depth[node] + 1
+                    depth[t.children_right[node]] = depth[node] + 1
+            features.append(np.where(leaf, -1, np.asarray(subset)[np.maximum(t.feature, 0)]))
+            thresholds.append(t.threshold)
+            lefts.append(np.where(leaf, -1, t.children_left + offset))
+            rights.append(np.where(leaf, -1, t.children_right + offset))
+            values.append(depth + average_path_length(t.n_node_samples))
+            roots.append(offset)
+            offset += t.node_count
+        self.feature = np.concatenate(features)
+        self.threshold = np.concatenate(thresholds)
+        self.left = np.concatenate(lefts)
+        self.right = np.concatenate(rights)
+        self.value = np.concatenate(values)
+        self.roots = np.array(roots)
+        self.max_depth = max(int(e.tree_.max_depth) for e in forest.estimators_)
+        self.denominator = len(forest.estimators_) * float(
+            average_path_length(np.array([forest.max_samples_]))[0]
+        )
+        self.fill = fill
+
+    def raw_anomaly(self, X: np.ndarray) -> np.ndarray:
+        """``-score_samples(X)`` of the original forest: higher = more abnormal."""
+        X = np.where(np.isnan(X), self.fill, X)
+        # sklearn trees compare float32 inputs against float64 thresholds.
+        X = X.astype(np.float32).astype(np.float64)
+        rows = np.arange(len(X))[:, None]
+        node = np.broadcast_to(self.roots, (len(X), len(self.roots))).copy()
+        for _ in range(self.max_depth):
+            feature = self.feature[node]
+            leaf = feature < 0
+            go_left = X[rows, np.maximum(feature, 0)] <= self.threshold[node]
+            node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
+        return 2.0 ** (-self.value[node].sum(axis=1) / self.denominator)
 
 
 class BatchModel:
@@ -38,25 +101,36 @@ class BatchModel:
     def fit(
         self, X: np.ndarray, y: np.ndarray | None = None, sample_weight: np.ndarray | None = None
     ) -> BatchModel:
+        """Fit on rows in time order (the classifier is calibrated on the latest rows)."""
         self.isolation_: Pipeline = make_pipeline(
             SimpleImputer(strategy="median", keep_empty_features=True),
-            IsolationForest(n_estimators=100, random_state=self.seed, n_jobs=self.n_jobs),
+            IsolationForest(n_estimators=50, random_state=self.seed, n_jobs=self.n_jobs),
         ).fit(X)
-        raw = -self.isolation_.score_samples(X)
+        imputer, forest = self.isolation_[0], self.isolation_[-1]
+        self.forest_ = CompiledForest(forest, fill=imputer.statistics_)
+        raw = self.forest_.raw_anomaly(X)
         self.raw_median_ = float(np.median(raw))
         self.raw_high_ = float(np.quantile(raw, 0.999))
         self.classifier_: CalibratedClassifierCV | None = None
-        if y is not None and int(np.sum(y)) >= MIN_POSITIVES and int(np.sum(1 - y)) >= MIN_POSITIVES:
-            base = HistGradientBoostingClassifier(
-                max_iter=200, learning_rate=0.1, l2_regularization=1.0, random_state=self.seed
-            )
-            self.classifier_ = CalibratedClassifierCV(base, method="isotonic", cv=3).fit(
-                X, y, sample_weight=sample_weight
-            )
+        if y is None:
+            return self
+        # Rows come in time order: fit on the earlier part, calibrate on the later part,
+        # so the probabilities are calibrated on data the classifier has not seen.
+        cut = int(len(y) * (1 - CALIBRATION_FRACTION))
+        fit_y, calib_y = y[:cut], y[cut:]
+        if min(fit_y.sum(), (1 - fit_y).sum(), calib_y.sum()) < MIN_POSITIVES:
+            return self
+        weights = None if sample_weight is None else sample_weight[:cut]
+        base = HistGradientBoostingClassifier(
+            max_iter=150, learning_rate=0.1, l2_regularization=1.0, random_state=self.seed
+        ).fit(X[:cut], fit_y, sample_weight=weights)
+        self.classifier_ = CalibratedClassifierCV(FrozenEstimator(base), method="isotonic").fit(
+            X[cut:], calib_y
+        )
         return self
 
     def anomaly_score(self, X: np.ndarray) -> np.ndarray:
-        raw = -self.isolation_.score_samples(X)
+        raw = self.forest_.raw_anomaly(X)
         span = max(self.raw_high_ - self.raw_median_, 1e-9)
         return np.clip((raw - self.raw_median_) / span, 0.0, 1.0)
 

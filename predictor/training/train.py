@@ -60,7 +60,7 @@ def build_snapshots(
     per_series = feats.groupby(["node", "metric", "bucket"], sort=False).last().reset_index()
     node_buckets = (
         feats.groupby(["node", "bucket"], sort=False)["ts"].max().rename("node_ts").reset_index()
-    )
+    ).sort_values(["bucket", "node"], ignore_index=True)  # time order: the model calibrates on the end
     node_buckets["row"] = np.arange(len(node_buckets))
     series_of_node = per_series[["node", "metric"]].drop_duplicates()
     grid = node_buckets.merge(series_of_node, on="node").sort_values("bucket")

@@ -1,0 +1,144 @@
+"""Fleet evaluation: replay a labelled fleet through the service's own scorer and policy.
+
+The replay feeds the samples to the same store -> scorer -> policy path the API uses,
+step by step in event time, with the policy in dry-run. Then each failure is matched to
+the earliest drain decision before it (within ``match_window_s``), and every drain that
+no failure followed is a false drain.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from predictor.actuators import LogActuator
+from predictor.config import Settings
+from predictor.ingest.batch import SampleBatch
+from predictor.policy import Policy
+from predictor.scoring import ScoringEngine
+from predictor.scoring.scorer import Scorer
+from predictor.store import Store
+from predictor.training.model import BatchModel
+
+DRAIN_ACTIONS = ("drain", "failover")
+
+
+@dataclass
+class Replay:
+    actions: pd.DataFrame  # the audit log of the replay
+    risk: pd.DataFrame  # every node evaluation
+
+
+def replay(
+    *,
+    samples: pd.DataFrame,
+    nodes: pd.DataFrame | None,
+    settings: Settings,
+    model: BatchModel | None,
+    chunk_s: float = 600.0,
+    progress: Callable[[float], None] | None = None,
+) -> Replay:
+    """Run samples through store, scorer and a dry-run policy; return actions and risk."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = settings.model_copy(update={"db": Path(tmp) / "replay.db", "dry_run": True})
+        store = Store(cfg.db)
+        try:
+            if nodes is not None:
+                for row in nodes.to_dict("records"):
+                    store.upsert_node(str(row.pop("node")), row)
+            scorer = Scorer(
+                store=store,
+                engine=ScoringEngine(settings=cfg, model=model),
+                policy=Policy(settings=cfg, store=store, actuator=LogActuator()),
+                checkpoint_path=Path(tmp) / "state.joblib",
+            )
+            ordered = samples.sort_values("ts", kind="stable")
+            chunk = np.floor((ordered["ts"] - ordered["ts"].min()) / chunk_s).to_numpy()
+            risks = []
+            bounds = np.searchsorted(chunk, np.arange(chunk.max() + 2))
+            for i in range(len(bounds) - 1):
+                part = ordered.iloc[bounds[i] : bounds[i + 1]]
+                if not len(part):
+                    continue
+                store.append_samples(SampleBatch.from_frame(part))
+                batch, last = store.samples_after(scorer.scored_rowid, 10**9)
+                result = scorer.engine.process(batch)
+                scorer.engine.state.scored_rowid = last
+                # Same order as Scorer.step: risk to the policy after every chunk.
+                scorer._remember(result.risk)
+                scorer.policy.decide(
+                    result.risk,
+                    node_last_ts=scorer.engine.node_last_ts(),
+                    node_risk={n: r["risk"] for n, r in scorer.latest.items()},
+                )
+                risks.append(result.risk.drop(columns="why"))
+                if progress:
+                    progress((i + 1) / (len(bounds) - 1))
+            actions = pd.DataFrame(store.actions(limit=10**9))
+        finally:
+            store.close()
+    risk = pd.concat(risks, ignore_index=True) if risks else pd.DataFrame()
+    return Replay(actions=actions, risk=risk)
+
+
+def drain_decisions(actions: pd.DataFrame) -> pd.DataFrame:
+    if actions.empty:
+        return pd.DataFrame(columns=["node", "ts"])
+    taken = actions[actions["action"].isin(DRAIN_ACTIONS) & (actions["status"] != "blocked")]
+    return taken[["node", "ts"]].sort_values("ts").reset_index(drop=True)
+
+
+def score_drains(
+    *,
+    drains: pd.DataFrame,
+    events: pd.DataFrame,
+    samples: pd.DataFrame,
+    match_window_s: float = 6 * 3600.0,
+) -> dict[str, Any]:
+    """Recall of failures preceded by a drain, lead times, and false drains per 1000 node-days.
+
+    A drain counts for a failure when it falls in ``[failure - match_window_s, failure]``;
+    a drain with no failure of its node in the ``match_window_s`` after it is false.
+    """
+    failures = events[events["kind"] == "failure"].copy()
+    per_mode: dict[str, dict[str, Any]] = {}
+    leads = []
+    failures["lead_s"] = np.nan
+    for idx, f in failures.iterrows():
+        mine = drains[(drains["node"] == f["node"]) & (drains["ts"] <= f["ts"])]
+        mine = mine[mine["ts"] >= f["ts"] - match_window_s]
+        if len(mine):
+            failures.loc[idx, "lead_s"] = f["ts"] - mine["ts"].min()
+    false = 0
+    for d in drains.itertuples():
+        node_failures = failures[(failures["node"] == d.node) & (failures["ts"] >= d.ts)]
+        if not (node_failures["ts"] <= d.ts + match_window_s).any():
+            false += 1
+    span_days = (samples.groupby("node")["ts"].agg(lambda s: s.max() - s.min()).sum()) / 86400
+    mode_col = failures["mode"] if "mode" in failures else pd.Series("all", index=failures.index)
+    for mode, group in failures.groupby(mode_col):
+        caught = group["lead_s"].notna()
+        per_mode[str(mode)] = {
+            "failures": int(len(group)),
+            "recall": float(caught.mean()) if len(group) else float("nan"),
+            "median_lead_min": float(group.loc[caught, "lead_s"].median() / 60) if caught.any() else None,
+        }
+    caught = failures["lead_s"].dropna()
+    leads = caught.to_numpy()
+    return {
+        "failures": int(len(failures)),
+        "caught": int(len(caught)),
+        "median_lead_min": float(np.median(leads) / 60) if len(leads) else None,
+        "p10_lead_min": float(np.quantile(leads, 0.1) / 60) if len(leads) else None,
+        "drains": int(len(drains)),
+        "false_drains": int(false),
+        "node_days": float(span_days),
+        "false_drains_per_1000_node_days": float(1000 * false / max(span_days, 1e-9)),
+        "per_mode": per_mode,
+    }
