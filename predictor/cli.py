@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,7 +46,9 @@ def serve(
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
 
-def load_history(data: Path | None, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def load_history(
+    data: Path | None, settings: Settings
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Samples, events and our own executed drains, from a dataset path or the store."""
     if data is not None:
         from predictor.simulate import read_dataset
@@ -57,14 +57,20 @@ def load_history(data: Path | None, settings: Settings) -> tuple[pd.DataFrame, p
             fleet = read_dataset(data)
             return fleet.samples, fleet.events, pd.DataFrame(columns=["node", "ts"])
         reader = pd.read_parquet if data.suffix == ".parquet" else pd.read_csv
-        return reader(data), pd.DataFrame(columns=["node", "ts", "kind"]), pd.DataFrame(columns=["node", "ts"])
+        return (
+            reader(data),
+            pd.DataFrame(columns=["node", "ts", "kind"]),
+            pd.DataFrame(columns=["node", "ts"]),
+        )
     from predictor.store import Store
 
     store = Store(settings.db)
     try:
         actions = pd.DataFrame(store.actions(limit=1_000_000))
         drains = (
-            actions[actions["action"].isin(["drain", "failover"]) & actions["executed"]][["node", "ts"]]
+            actions[actions["action"].isin(["drain", "failover"]) & actions["executed"]][
+                ["node", "ts"]
+            ]
             if len(actions)
             else pd.DataFrame(columns=["node", "ts"])
         )
@@ -75,7 +81,9 @@ def load_history(data: Path | None, settings: Settings) -> tuple[pd.DataFrame, p
 
 @app.command()
 def train(
-    data: Annotated[Path | None, typer.Option(help="Dataset dir or samples CSV/Parquet; default: the store")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset dir or samples CSV/Parquet; default: the store")
+    ] = None,
     db: DbOption = None,
     models_dir: ModelsOption = None,
 ) -> None:
@@ -86,7 +94,9 @@ def train(
     with console.status("loading history"):
         samples, events, drains = load_history(data, settings)
     with console.status(f"training on {len(samples):,} samples"):
-        report = train_and_register(samples=samples, events=events, drains=drains, settings=settings)
+        report = train_and_register(
+            samples=samples, events=events, drains=drains, settings=settings
+        )
     console.print_json(json.dumps(report))
 
 
@@ -174,9 +184,7 @@ def risk_table(rows: list[dict[str, Any]], title: str = "riskiest nodes") -> Tab
         colour = "red" if r["risk"] >= 0.8 else "yellow" if r["risk"] >= 0.4 else "green"
         why = ", ".join(f"{w['metric']} {w['score']:.2f}" for w in r["why"][:3])
         arrow = "↑" if r["trend"] > 0.05 else "↓" if r["trend"] < -0.05 else "→"
-        table.add_row(
-            r["node"], f"[{colour}]{r['risk']:.2f}[/]", arrow, r["state"], why
-        )
+        table.add_row(r["node"], f"[{colour}]{r['risk']:.2f}[/]", arrow, r["state"], why)
     return table
 
 
@@ -194,7 +202,9 @@ def status(
 def demo(
     nodes: int = 20,
     speed: Annotated[float, typer.Option(help="Simulated seconds per wall second")] = 600.0,
-    seed: Annotated[int, typer.Option(help="Fleet seed (the bundled model was trained on another)")] = 7,
+    seed: Annotated[
+        int, typer.Option(help="Fleet seed (the bundled model was trained on another)")
+    ] = 7,
     port: int = 8000,
     db: DbOption = None,
     models_dir: ModelsOption = None,
@@ -204,7 +214,9 @@ def demo(
     from predictor.demo import run_demo
 
     settings = _settings(port=port, db=db, models_dir=models_dir)
-    run_demo(settings=settings, nodes=nodes, speed=speed, seed=seed, duration_s=duration, console=console)
+    run_demo(
+        settings=settings, nodes=nodes, speed=speed, seed=seed, duration_s=duration, console=console
+    )
 
 
 if __name__ == "__main__":

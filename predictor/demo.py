@@ -89,7 +89,9 @@ def run_demo(
     server, server_thread = _start_server(settings)
     base_url = f"http://{settings.host}:{settings.port}"
     start = time.time() - 2 * DAY_S
-    spec = FleetSpec(nodes=nodes, step_s=60.0, duration_s=2 * DAY_S, start_ts=start - start % 60, seed=seed)
+    spec = FleetSpec(
+        nodes=nodes, step_s=60.0, duration_s=2 * DAY_S, start_ts=start - start % 60, seed=seed
+    )
     stop = threading.Event()
     clock = {"ts": spec.start_ts}
     failures: list[dict[str, Any]] = []
@@ -100,7 +102,13 @@ def run_demo(
 
     streamer = threading.Thread(
         target=stream_to_api,
-        kwargs={"spec": spec, "base_url": base_url, "speed": speed, "on_step": on_step, "stop": stop},
+        kwargs={
+            "spec": spec,
+            "base_url": base_url,
+            "speed": speed,
+            "on_step": on_step,
+            "stop": stop,
+        },
         daemon=True,
     )
     streamer.start()
@@ -110,8 +118,13 @@ def run_demo(
     )
     began = time.monotonic()
     try:
-        with httpx.Client(base_url=base_url, timeout=10) as client, Live(console=console, refresh_per_second=2) as live:
-            while streamer.is_alive() and not (duration_s and time.monotonic() - began > duration_s):
+        with (
+            httpx.Client(base_url=base_url, timeout=10) as client,
+            Live(console=console, refresh_per_second=2) as live,
+        ):
+            while streamer.is_alive() and not (
+                duration_s and time.monotonic() - began > duration_s
+            ):
                 risk = client.get("/v1/risk", params={"top": 10}).json()
                 actions = client.get("/v1/actions", params={"limit": 500}).json()
                 sim_time = time.strftime("%Y-%m-%d %H:%M", time.gmtime(clock["ts"]))

@@ -57,13 +57,17 @@ class Runtime:
         except ModelError as exc:
             logger.error("no batch model in service: %s", exc)
         engine = ScoringEngine(settings=settings, model=model)
-        policy = Policy(settings=settings, store=store, actuator=actuator or make_actuator(settings))
+        policy = Policy(
+            settings=settings, store=store, actuator=actuator or make_actuator(settings)
+        )
         scorer = Scorer(
             store=store, engine=engine, policy=policy, checkpoint_path=settings.checkpoint_path
         )
         if scorer.restore():
             engine.set_model(model)  # the checkpoint holds online state, not the model
-        return cls(settings=settings, store=store, scorer=scorer, registry=registry, model_version=version)
+        return cls(
+            settings=settings, store=store, scorer=scorer, registry=registry, model_version=version
+        )
 
     def start(self) -> None:
         self.thread = ScorerThread(

@@ -25,8 +25,11 @@ def alertmanager_payload(request: ActionRequest, *, receiver: str = "predictor")
         "pool": str(request.node_meta.get("pool") or "default"),
         "severity": "critical" if request.action == "failover" else "warning",
     }
+    # The alert's identity is the node, not the action or its severity: the undrain must
+    # resolve whatever fired for the node (a drain or a failover).
+    identity = ("alertname", "node", "pool")
     fingerprint = hashlib.sha256(
-        ("\x00".join(f"{k}={labels[k]}" for k in sorted(labels))).encode()
+        ("\x00".join(f"{k}={labels[k]}" for k in identity)).encode()
     ).hexdigest()[:16]
     resolved = request.action == "undrain"
     alert = {
@@ -72,6 +75,6 @@ class WebhookActuator:
             raise ActuatorError(f"webhook unreachable: {exc}") from exc
         if response.status_code >= 500:
             raise ActuatorError(f"webhook answered {response.status_code}")
-        if response.status_code >= 400:
+        if not response.is_success:  # 4xx, or a redirect (not followed: nothing delivered)
             raise ActuatorError(f"webhook refused: {response.status_code}", final=True)
         return f"webhook {response.status_code}"

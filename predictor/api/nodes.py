@@ -69,8 +69,6 @@ def list_actions(
 def undrain(runtime: RuntimeDep, body: UndrainIn | None = None, node: str = NodePath) -> dict:
     """Manual override: return a drained node to service."""
     try:
-        return service.undrain_node(
-            runtime=runtime, node=node, reason=(body or UndrainIn()).reason
-        )
+        return service.undrain_node(runtime=runtime, node=node, reason=(body or UndrainIn()).reason)
     except LookupError as exc:
         raise HTTPException(409, str(exc)) from None

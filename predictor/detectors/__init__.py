@@ -10,12 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from predictor.detectors.base import OnlineDetector
+from predictor.detectors.context_novelty import ContextNovelty
+from predictor.detectors.ensemble import Ensemble
+from predictor.detectors.ew_novelty import EwNovelty
 from predictor.detectors.ewma_z import EwmaZScore
+from predictor.detectors.range_break import RangeBreak
 from predictor.detectors.river_hst import RiverHalfSpaceTrees
+from predictor.detectors.seasonal import SeasonalNovelty
 
 REGISTRY: dict[str, Callable[[], OnlineDetector]] = {
     "ewma_z": EwmaZScore,
     "river_hst": RiverHalfSpaceTrees,
+    "ensemble": Ensemble,
+    "ew_novelty": EwNovelty,
+    "context_novelty": ContextNovelty,
+    "seasonal_novelty": SeasonalNovelty,
+    "range_break": RangeBreak,
 }
 
 
@@ -26,4 +36,15 @@ def make_detector(name: str) -> OnlineDetector:
         raise ValueError(f"unknown detector {name!r}; known: {sorted(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "EwmaZScore", "OnlineDetector", "RiverHalfSpaceTrees", "make_detector"]
+__all__ = [
+    "REGISTRY",
+    "ContextNovelty",
+    "Ensemble",
+    "EwNovelty",
+    "EwmaZScore",
+    "OnlineDetector",
+    "RangeBreak",
+    "RiverHalfSpaceTrees",
+    "SeasonalNovelty",
+    "make_detector",
+]

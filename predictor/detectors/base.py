@@ -45,9 +45,7 @@ class OnlineDetector(ABC):
     def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
         """Update per-series state with the samples."""
 
-    def score_learn_many(
-        self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray
-    ) -> np.ndarray:
+    def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Score, then learn: the order the engine always uses. Override to fuse both."""
         scores = self.score_many(keys, values, ts)
         self.learn_many(keys, values, ts)

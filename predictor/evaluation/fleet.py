@@ -127,7 +127,9 @@ def score_drains(
         per_mode[str(mode)] = {
             "failures": int(len(group)),
             "recall": float(caught.mean()) if len(group) else float("nan"),
-            "median_lead_min": float(group.loc[caught, "lead_s"].median() / 60) if caught.any() else None,
+            "median_lead_min": float(group.loc[caught, "lead_s"].median() / 60)
+            if caught.any()
+            else None,
         }
     caught = failures["lead_s"].dropna()
     leads = caught.to_numpy()

@@ -72,12 +72,19 @@ class OnlineFeatures:
         first = count == 0
         in_order = first | (t > s[:, 1])
         keys, x, t, count, s, first = (
-            keys[in_order], x[in_order], t[in_order], count[in_order], s[in_order], first[in_order]
+            keys[in_order],
+            x[in_order],
+            t[in_order],
+            count[in_order],
+            s[in_order],
+            first[in_order],
         )
         last_x = np.where(first, x, s[:, 0])
         gap = np.where(first, 0.0, t - s[:, 1])
         rate = np.where(first, 0.0, (x - last_x) / np.where(gap > 0, gap, 1.0))
-        m_fast, v_fast = _ewm_step(np.where(first, x, s[:, 2]), np.where(first, 0.0, s[:, 3]), x, ALPHA_FAST)
+        m_fast, v_fast = _ewm_step(
+            np.where(first, x, s[:, 2]), np.where(first, 0.0, s[:, 3]), x, ALPHA_FAST
+        )
         baseline_prev = np.where(first, x, s[:, 4])
         mad_prev = np.where(first, 0.0, s[:, 7])
         m_slow, v_slow = _ewm_step(baseline_prev, np.where(first, 0.0, s[:, 5]), x, ALPHA_SLOW)
@@ -88,9 +95,7 @@ class OnlineFeatures:
             np.where(first, x, s[:, 8]), np.where(first, 0.0, s[:, 9]), x, ALPHA_LONG
         )
         drift = _drift(m_fast, m_long, v_long)
-        z = np.where(
-            count >= WARMUP, (x - baseline_prev) / _scale(mad_prev, baseline_prev), 0.0
-        )
+        z = np.where(count >= WARMUP, (x - baseline_prev) / _scale(mad_prev, baseline_prev), 0.0)
         self.state_[keys] = np.column_stack(
             [x, t, m_fast, v_fast, m_slow, v_slow, slope, mad, m_long, v_long]
         )
@@ -134,9 +139,12 @@ def batch_features(samples: pd.DataFrame) -> pd.DataFrame:
     out["count"] = grouped.cumcount()
 
     def ewm(column: pd.Series, alpha: float, stat: str) -> pd.Series:
-        result = getattr(column.groupby([frame["node"], frame["metric"]], sort=False).ewm(
-            alpha=alpha, adjust=False
-        ), stat)(**({"bias": True} if stat == "var" else {}))
+        result = getattr(
+            column.groupby([frame["node"], frame["metric"]], sort=False).ewm(
+                alpha=alpha, adjust=False
+            ),
+            stat,
+        )(**({"bias": True} if stat == "var" else {}))
         return result.reset_index(level=[0, 1], drop=True).sort_index()
 
     value = frame["value"]

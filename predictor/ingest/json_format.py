@@ -12,6 +12,7 @@ sample rejects the whole batch with every offending sample named.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -54,10 +55,11 @@ def parse_ts(raw: Any) -> float:
     if isinstance(raw, bool):
         raise ValueError("ts must be a number or an RFC 3339 string")
     if isinstance(raw, int | float):
-        ts = float(raw)
+        ts = _to_float(raw)
     elif isinstance(raw, str):
         try:
-            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            # RFC 3339 allows a lower-case "t" and "z"; fromisoformat wants upper case.
+            parsed = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"ts {raw!r} is not RFC 3339") from None
         if parsed.tzinfo is None:
@@ -70,10 +72,17 @@ def parse_ts(raw: Any) -> float:
     return ts
 
 
+def _to_float(raw: int | float) -> float:
+    try:
+        return float(raw)
+    except OverflowError:  # an integer beyond the double range
+        return math.inf if raw > 0 else -math.inf
+
+
 def _check_value(raw: Any) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError("value must be a number")
-    value = float(raw)
+    value = _to_float(raw)
     if not math.isfinite(value):
         raise ValueError("value must be finite (NaN and infinity are not samples)")
     return value
@@ -94,12 +103,42 @@ def _check_labels(raw: Any) -> None:
         raise ValueError("labels must be an object of string values")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    # orjson refuses valid JSON whose numbers overflow a double (1e400); the stdlib parser
+    # reads them as infinity, so the validation below names the offending sample instead.
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise IngestError([{"error": f"malformed JSON: {error}"}], status=400) from None
+
+
+def _count_samples(doc: Any) -> int:
+    """How many samples a body holds, valid or not (for the size limit)."""
+    if isinstance(doc, dict) and isinstance(doc.get("samples"), list):
+        return len(doc["samples"])
+    groups = doc if isinstance(doc, list) else [doc]
+    return sum(
+        len(g["values"]) if isinstance(g, dict) and isinstance(g.get("values"), dict) else 1
+        for g in groups
+    )
+
+
 def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:
     """Parse and validate a JSON metrics body; raise :class:`IngestError` on any bad sample."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise IngestError([{"error": f"malformed JSON: {exc}"}], status=400) from None
+    doc = _loads(body)
+    # Checked before validation: an oversized body is refused whatever its samples hold.
+    if _count_samples(doc) > limits.max_samples:
+        raise IngestError(
+            [{"error": f"too many samples: at most {limits.max_samples} per request"}], status=413
+        )
 
     nodes: list[str] = []
     metrics: list[str] = []
@@ -110,6 +149,12 @@ def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:
     def fail(index: int, message: str) -> None:
         if len(errors) < MAX_ERRORS_REPORTED:
             errors.append({"index": index, "error": message})
+
+    def check_window(ts: float) -> None:
+        if limits.now and not (
+            limits.now - limits.max_age_s <= ts <= limits.now + limits.future_tolerance_s
+        ):
+            raise ValueError("ts is too far in the future or past")
 
     if isinstance(doc, dict) and "samples" in doc:
         if set(doc) - {"samples"}:
@@ -130,6 +175,7 @@ def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:
                 node = _check_name(item["node"], "node")
                 metric = _check_name(item["metric"], "metric")
                 ts = parse_ts(item["ts"])
+                check_window(ts)
                 value = _check_value(item["value"])
                 _check_labels(item.get("labels"))
             except ValueError as exc:
@@ -153,6 +199,7 @@ def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:
                     raise ValueError(f"missing fields {sorted(missing)}")
                 node = _check_name(group["node"], "node")
                 ts = parse_ts(group["ts"])
+                check_window(ts)
                 _check_labels(group.get("labels"))
                 if not isinstance(group["values"], dict):
                     raise ValueError("values must be an object {metric: number}")
@@ -168,16 +215,6 @@ def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:
                 stamps.append(ts)
                 values.append(value)
 
-    if len(nodes) + len(errors) > limits.max_samples:
-        raise IngestError(
-            [{"error": f"too many samples: at most {limits.max_samples} per request"}], status=413
-        )
-    batch = SampleBatch.from_columns(nodes, metrics, stamps, values)
-    if limits.now and len(batch):
-        too_new = batch.ts > limits.now + limits.future_tolerance_s
-        too_old = batch.ts < limits.now - limits.max_age_s
-        for i in (too_new | too_old).nonzero()[0][:MAX_ERRORS_REPORTED]:
-            errors.append({"index": int(i), "error": "ts is too far in the future or past"})
     if errors:
         raise IngestError(errors)
-    return batch
+    return SampleBatch.from_columns(nodes, metrics, stamps, values)

@@ -80,7 +80,6 @@ class Policy:
         node_risk: dict[str, float],
     ) -> list[dict[str, Any]]:
         """Walk risk rows in event-time order; return the actions recorded."""
-        s = self.settings
         recorded: list[dict[str, Any]] = []
         if risk.empty:
             return recorded
@@ -91,6 +90,8 @@ class Policy:
         for node, ts, value, why in zip(
             ordered["node"], ordered["ts"], ordered["risk"], ordered["why"], strict=True
         ):
+            if not math.isfinite(value):
+                continue  # no information: neither starts, ends nor recovers anything
             track = self.tracks.setdefault(node, NodeTrack())
             if states.get(node, {}).get("state") == DRAINED:
                 action = self._maybe_recover(node, track, ts, value)
@@ -132,11 +133,13 @@ class Policy:
         if risk < s.enter_threshold and track.above_since is None:
             return None  # hysteresis: between the thresholds nothing starts
         track.above_since = track.above_since if track.above_since is not None else ts
-        if ts - track.above_since < s.min_duration_s:
+        # A dip between the thresholds keeps the episode's clock running, but the action
+        # itself needs the risk to be high now: never drain on a risk below enter.
+        if risk < s.enter_threshold or ts - track.above_since < s.min_duration_s:
             return None
         drivers = ", ".join(f"{w['metric']}={w.get('score', 0):.2f}" for w in why[:3])
         reason = (
-            f"risk {risk:.2f} >= {s.enter_threshold} for {ts - track.above_since:.0f}s"
+            f"risk {risk:.2f} >= {s.enter_threshold}, episode of {ts - track.above_since:.0f}s"
             f" ({drivers})"
         )
         blocked = failsafe
@@ -185,7 +188,7 @@ class Policy:
         track.below_since = None
         track.blocked_reason = None
         if not s.dry_run:
-            recorded = self._execute(recorded, meta, registry, rollback_state=True)
+            recorded = self._execute(recorded, meta, registry)
         return recorded
 
     def _budget_block(
@@ -221,11 +224,12 @@ class Policy:
         recorded: dict[str, Any],
         meta: dict[str, Any],
         registry: dict[str, dict[str, Any]],
-        *,
-        rollback_state: bool,
     ) -> dict[str, Any]:
-        """Run the actuator with retries and write the outcome to the audit row."""
-        s = self.settings
+        """Run the actuator with retries and write the outcome to the audit row.
+
+        The node's drained state follows what really happened: a failed drain is rolled
+        back, and an undrain only clears the state once it succeeded.
+        """
         steps = [recorded["action"]]
         if recorded["action"] == "failover":
             # The standby is made ready before the node stops taking work.
@@ -253,9 +257,15 @@ class Policy:
                 "UPDATE actions SET status = ?, executed = ?, detail = ? WHERE id = ?",
                 (status, int(status == "done"), "; ".join(details), recorded["id"]),
             )
-            if status == "failed" and rollback_state:
+            undrain = recorded["action"] == "undrain"
+            if (status == "failed" and not undrain) or (status == "done" and undrain):
                 conn.execute("DELETE FROM node_state WHERE node = ?", (recorded["node"],))
-        return {**recorded, "status": status, "executed": status == "done", "detail": "; ".join(details)}
+        return {
+            **recorded,
+            "status": status,
+            "executed": status == "done",
+            "detail": "; ".join(details),
+        }
 
     def _with_retries(self, request: ActionRequest) -> str:
         attempts = max(1, self.settings.actuator_retries)
@@ -269,7 +279,9 @@ class Policy:
                 self.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def undrain(self, node: str, *, reason: str, ts: float, risk: float | None = None) -> dict[str, Any]:
+    def undrain(
+        self, node: str, *, reason: str, ts: float, risk: float | None = None
+    ) -> dict[str, Any]:
         """Return a drained node to service (automatic recovery or manual override)."""
         registry = self.store.nodes()
         meta = registry.get(node, {"pool": "default"})
@@ -279,12 +291,15 @@ class Policy:
                 status="dry-run" if self.settings.dry_run else "pending",
                 dry_run=self.settings.dry_run,
             )  # fmt: skip
-            conn.execute("DELETE FROM node_state WHERE node = ?", (node,))
+            if self.settings.dry_run:
+                conn.execute("DELETE FROM node_state WHERE node = ?", (node,))
         track = self.tracks.setdefault(node, NodeTrack())
         track.last_action_ts = ts
         track.above_since = track.below_since = None
         if not self.settings.dry_run:
-            recorded = self._execute(recorded, meta, registry, rollback_state=False)
+            # Until the actuator confirms, the node is still out of service (and counts
+            # against the budget); _execute clears its state on success only.
+            recorded = self._execute(recorded, meta, registry)
         return recorded
 
     # -- checkpoint ----------------------------------------------------------------------

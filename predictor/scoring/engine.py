@@ -42,7 +42,9 @@ class StepResult:
     """What one ``process`` call produced."""
 
     sample_scores: np.ndarray  # per input row: the online anomaly score (0 if out of order)
-    risk: pd.DataFrame  # one row per node evaluation: node, ts, risk, online, batch, p_fail, trend, why
+    risk: (
+        pd.DataFrame
+    )  # one row per node evaluation: node, ts, risk, online, batch, p_fail, trend, why
 
 
 @dataclass
@@ -131,7 +133,9 @@ class ScoringEngine:
         risk = pd.concat(frames, ignore_index=True) if frames else _empty_risk()
         return StepResult(scores, risk)
 
-    def _fold(self, rows: np.ndarray, keys: np.ndarray, batch: SampleBatch, out: np.ndarray) -> None:
+    def _fold(
+        self, rows: np.ndarray, keys: np.ndarray, batch: SampleBatch, out: np.ndarray
+    ) -> None:
         """Update features and detectors with ``rows``, one sample per series at a time."""
         st = self.state
         rows = rows[np.lexsort((batch.ts[rows], keys[rows]))]

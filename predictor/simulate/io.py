@@ -40,7 +40,10 @@ def write_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
-        fleet.samples.to_parquet(out_dir / "samples.parquet", index=False)
+        # zstd keeps a bundled sample of a few days of a small fleet to a few MB.
+        fleet.samples.to_parquet(
+            out_dir / "samples.parquet", index=False, compression="zstd", compression_level=19
+        )
     elif fmt == "csv":
         # Arrow writes millions of rows about ten times faster than DataFrame.to_csv.
         table = pa.Table.from_pandas(fleet.samples, preserve_index=False)

@@ -63,12 +63,17 @@ class SQLiteStore:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        if str(path) != ":memory:":
+        in_memory = str(path) == ":memory:"
+        if not in_memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write = self._connect()
-        self._read = self._connect()
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        if in_memory:
+            # Each connection to ":memory:" is a separate database: share the one.
+            self._read, self._read_lock = self._write, self._write_lock
+        else:
+            self._read = self._connect()
+            self._read_lock = threading.RLock()
         with self._write_lock:
             self._write.executescript(SCHEMA)
 
@@ -103,7 +108,10 @@ class SQLiteStore:
     def append_samples(self, batch: SampleBatch) -> int:
         """Commit a batch; return the last rowid. Returns only after the commit is durable."""
         rows = zip(
-            batch.node.tolist(), batch.metric.tolist(), batch.ts.tolist(), batch.value.tolist(),
+            batch.node.tolist(),
+            batch.metric.tolist(),
+            batch.ts.tolist(),
+            batch.value.tolist(),
             strict=True,
         )
         with self.transaction() as conn:
@@ -135,7 +143,10 @@ class SQLiteStore:
             return pd.read_sql_query(
                 sql,
                 self._read,
-                params=(since if since is not None else -np.inf, until if until is not None else np.inf),
+                params=(
+                    since if since is not None else -np.inf,
+                    until if until is not None else np.inf,
+                ),
             )
 
     # -- nodes -------------------------------------------------------------------------
@@ -193,19 +204,33 @@ class SQLiteStore:
 
     def risk_history(self, node: str, since: float = -np.inf, limit: int = 5000) -> pd.DataFrame:
         with self._read_lock:
-            return pd.read_sql_query(
-                "SELECT ts, risk, online, batch, p_fail, trend, why FROM risk"
-                " WHERE node = ? AND ts >= ?"
-                " ORDER BY ts DESC LIMIT ?",
-                self._read,
-                params=(node, since, limit),
-            ).iloc[::-1].reset_index(drop=True)
+            return (
+                pd.read_sql_query(
+                    "SELECT ts, risk, online, batch, p_fail, trend, why FROM risk"
+                    " WHERE node = ? AND ts >= ?"
+                    " ORDER BY ts DESC LIMIT ?",
+                    self._read,
+                    params=(node, since, limit),
+                )
+                .iloc[::-1]
+                .reset_index(drop=True)
+            )
 
     # -- actions and node state ----------------------------------------------------------
     def actions(self, *, node: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         cols = (
-            "id", "ts", "node", "pool", "action", "reason", "risk", "executed", "dry_run",
-            "status", "detail", "wall_ts",
+            "id",
+            "ts",
+            "node",
+            "pool",
+            "action",
+            "reason",
+            "risk",
+            "executed",
+            "dry_run",
+            "status",
+            "detail",
+            "wall_ts",
         )
         where, params = ("WHERE node = ?", [node]) if node else ("", [])
         rows = self._query(
@@ -230,7 +255,8 @@ class SQLiteStore:
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                "INSERT INTO meta VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
                 (key, value),
             )
 

@@ -88,7 +88,9 @@ class BatchModel:
     Parameters follow scikit-learn: ``__init__`` stores, ``fit`` learns into ``*_``.
     """
 
-    def __init__(self, metrics: list[str], horizon_s: float = 1800.0, seed: int = 0, n_jobs: int = -1):
+    def __init__(
+        self, metrics: list[str], horizon_s: float = 1800.0, seed: int = 0, n_jobs: int = -1
+    ):
         self.metrics = metrics
         self.horizon_s = horizon_s
         self.seed = seed
@@ -122,7 +124,10 @@ class BatchModel:
             return self
         weights = None if sample_weight is None else sample_weight[:cut]
         base = HistGradientBoostingClassifier(
-            max_iter=150, learning_rate=0.1, l2_regularization=1.0, random_state=self.seed
+            max_iter=150,
+            learning_rate=0.1,
+            l2_regularization=1.0,
+            random_state=self.seed,
         ).fit(X[:cut], fit_y, sample_weight=weights)
         self.classifier_ = CalibratedClassifierCV(FrozenEstimator(base), method="isotonic").fit(
             X[cut:], calib_y

@@ -60,7 +60,9 @@ def build_snapshots(
     per_series = feats.groupby(["node", "metric", "bucket"], sort=False).last().reset_index()
     node_buckets = (
         feats.groupby(["node", "bucket"], sort=False)["ts"].max().rename("node_ts").reset_index()
-    ).sort_values(["bucket", "node"], ignore_index=True)  # time order: the model calibrates on the end
+    ).sort_values(
+        ["bucket", "node"], ignore_index=True
+    )  # time order: the model calibrates on the end
     node_buckets["row"] = np.arange(len(node_buckets))
     series_of_node = per_series[["node", "metric"]].drop_duplicates()
     grid = node_buckets.merge(series_of_node, on="node").sort_values("bucket")
@@ -86,7 +88,9 @@ def build_snapshots(
     return Snapshots(X=X, nodes=nodes, ts=ts, y=y.astype(int), censored=censored)
 
 
-def _within(nodes: np.ndarray, ts: np.ndarray, events: pd.DataFrame, horizon_s: float) -> np.ndarray:
+def _within(
+    nodes: np.ndarray, ts: np.ndarray, events: pd.DataFrame, horizon_s: float
+) -> np.ndarray:
     """Whether each (node, ts) has an event of ``events`` in ``(ts, ts + horizon]``."""
     hit = np.zeros(len(ts), dtype=bool)
     if events is None or not len(events):

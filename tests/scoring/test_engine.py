@@ -85,7 +85,9 @@ def test_engine_features_equal_the_training_snapshots() -> None:
         ids = np.array(sorted(engine.state.node_ids[n] for n in result.risk["node"]))
         names = np.array(engine.node_names(), dtype=object)[ids]
         X = engine.node_features(ids)
-        online_rows += [(n, t, x) for n, t, x in zip(names, engine.state.node_ts[ids], X, strict=True)]
+        online_rows += [
+            (n, t, x) for n, t, x in zip(names, engine.state.node_ts[ids], X, strict=True)
+        ]
     online = {(n, t): x for n, t, x in online_rows}
     assert len(online) == len(snaps.ts)
     for node, ts, x in zip(snaps.nodes, snaps.ts, snaps.X, strict=True):

@@ -1,0 +1,119 @@
+"""Daily-profile surprise: the value and its change against the same time of day."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from predictor.detectors.base import OnlineDetector, grow
+
+_TABLES = ("vmean_", "vvar_", "dmean_", "dvar_", "seen_")
+
+
+class SeasonalNovelty(OnlineDetector):
+    """|z| of the value and of its change against a per-phase EW profile.
+
+    The period (default one day) is cut into ``buckets`` phases by the sample's own
+    timestamp; each phase keeps an EW mean and variance of the value and of its first
+    difference (float32, ``4 * buckets`` numbers per series). A phase seen fewer than
+    ``min_seen`` times reports ``inf`` (it explains nothing yet), so the ensemble's
+    ``min`` with a non-seasonal model falls back to that model.
+
+    Parameters
+    ----------
+    period
+        Seasonal period in seconds.
+    buckets
+        Phases per period.
+    alpha
+        Weight of each new sample in its phase's mean and variance.
+    min_seen
+        Visits a phase needs before it is trusted.
+    rel_floor, cap
+        As in :class:`~predictor.detectors.ew_novelty.EwNovelty`.
+    """
+
+    n_signals = 2
+
+    def __init__(
+        self,
+        period: float = 86400.0,
+        buckets: int = 48,
+        alpha: float = 0.1,
+        min_seen: int = 3,
+        rel_floor: float = 1e-3,
+        cap: float = 10.0,
+    ):
+        self.period = period
+        self.buckets = buckets
+        self.alpha = alpha
+        self.min_seen = min_seen
+        self.rel_floor = rel_floor
+        self.cap = cap
+        # (series, phase) tables, addressed through flat cell indices.
+        self.vmean_ = np.zeros((0, buckets), dtype=np.float32)
+        self.vvar_ = np.zeros((0, buckets), dtype=np.float32)
+        self.dmean_ = np.zeros((0, buckets), dtype=np.float32)
+        self.dvar_ = np.zeros((0, buckets), dtype=np.float32)
+        self.seen_ = np.zeros((0, buckets), dtype=np.int32)
+        self.prev_ = np.zeros(0)
+        self.count_ = np.zeros(0, dtype=np.int64)
+
+    def _ensure(self, keys: np.ndarray) -> None:
+        size = int(keys.max()) + 1 if len(keys) else 0
+        for name in (*_TABLES, "prev_", "count_"):
+            setattr(self, name, grow(getattr(self, name), size))
+
+    def _cell(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        phase = (np.floor((ts % self.period) / self.period * self.buckets)).astype(np.int64)
+        return keys * self.buckets + np.minimum(phase, self.buckets - 1)  # type: ignore[no-any-return]
+
+    def _gather(self, cell: np.ndarray) -> list[np.ndarray]:
+        # Flat 1-D fancy indexing: several times cheaper than (key, phase) pairs.
+        out = [getattr(self, name).reshape(-1)[cell] for name in _TABLES]
+        return [a.astype(float) for a in out[:4]] + [out[4]]
+
+    def _raw(self, vmean, vvar, dmean, dvar, seen, values, diff) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+        floor = 1e-9 + self.rel_floor * np.abs(vmean)
+        floor *= floor
+        z_val = np.minimum(np.abs(values - vmean) / np.sqrt(vvar + floor), self.cap)
+        z_dif = np.minimum(np.abs(diff - dmean) / np.sqrt(dvar + floor), self.cap)
+        young = seen < self.min_seen
+        return [np.where(young, np.inf, z_val), np.where(young, np.inf, z_dif)]
+
+    def raw_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+        """Raw signals (two arrays of ``len(keys)``), without learning."""
+        self._ensure(keys)
+        diff = values - self.prev_[keys]
+        vmean, vvar, dmean, dvar, seen = self._gather(self._cell(keys, ts))
+        return self._raw(vmean, vvar, dmean, dvar, seen, values, diff)
+
+    def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        z_val, z_dif = self.raw_many(keys, values, ts)
+        z = np.maximum(z_val, z_dif)
+        return np.where(np.isfinite(z), 1.0 - np.exp(-z * z / 8.0), 0.0)
+
+    def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+        self.raw_learn_many(keys, values, ts)
+
+    def raw_learn_many(
+        self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray
+    ) -> list[np.ndarray]:
+        """``raw_many`` then ``learn_many`` with one state gather."""
+        self._ensure(keys)
+        cell = self._cell(keys, ts)
+        vmean, vvar, dmean, dvar, seen = self._gather(cell)
+        count = self.count_[keys]
+        diff = np.where(count == 0, 0.0, values - self.prev_[keys])
+        raw = self._raw(vmean, vvar, dmean, dvar, seen, values, values - self.prev_[keys])
+        a = 1.0 / np.minimum(seen + 1.0, 1.0 / self.alpha)
+        for mean_name, var_name, x, mean, var in (
+            ("vmean_", "vvar_", values, vmean, vvar),
+            ("dmean_", "dvar_", diff, dmean, dvar),
+        ):
+            delta = x - mean
+            getattr(self, mean_name).reshape(-1)[cell] = mean + a * delta
+            getattr(self, var_name).reshape(-1)[cell] = (1.0 - a) * (var + a * delta * delta)
+        self.seen_.reshape(-1)[cell] = seen + 1
+        self.prev_[keys] = values
+        self.count_[keys] = count + 1
+        return raw
