@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE := data/sample
 DATA ?=
+LINT_PATHS := predictor tests $(wildcard benchmarks)
 
 .PHONY: install run serve train retrain simulate evaluate bench lint format test clean
 
@@ -41,13 +42,13 @@ bench: $(STAMP)  ## benchmarks -> reports/bench.json
 	$(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check predictor tests benchmarks
-	$(BIN)/ruff format --check predictor tests benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy predictor
 
 format: $(STAMP)
-	$(BIN)/ruff format predictor tests benchmarks
-	$(BIN)/ruff check --fix predictor tests benchmarks
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 test: $(STAMP)  ## the whole suite (what CI runs)
 	$(BIN)/pytest -q

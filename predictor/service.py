@@ -47,6 +47,8 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, *, actuator: Actuator | None = None) -> Runtime:
         store = Store(settings.db)
+        if not settings.dry_run:
+            store.clear_dry_run_states()
         registry = ModelRegistry(settings.models_dir)
         model, version = None, None
         try:

@@ -19,23 +19,23 @@ def alertmanager_payload(request: ActionRequest, *, receiver: str = "predictor")
 
     An ``undrain`` resolves the node's alert (same fingerprint, ``status: resolved``).
     """
+    # Alertmanager identifies an alert by its labels, so they name only the node: the
+    # undrain then resolves whatever fired for it. The action goes in the annotations.
     labels = {
         "alertname": "PredictedNodeFailure",
         "node": request.node,
         "pool": str(request.node_meta.get("pool") or "default"),
-        "severity": "critical" if request.action == "failover" else "warning",
+        "severity": "warning",
     }
-    # The alert's identity is the node, not the action or its severity: the undrain must
-    # resolve whatever fired for the node (a drain or a failover).
-    identity = ("alertname", "node", "pool")
     fingerprint = hashlib.sha256(
-        ("\x00".join(f"{k}={labels[k]}" for k in identity)).encode()
+        ("\x00".join(f"{k}={labels[k]}" for k in sorted(labels))).encode()
     ).hexdigest()[:16]
     resolved = request.action == "undrain"
     alert = {
         "status": "resolved" if resolved else "firing",
-        "labels": {**labels, "action": request.action},
+        "labels": labels,
         "annotations": {
+            "action": request.action,
             "summary": f"predictor: {request.action} {request.node}",
             "description": request.reason,
             "risk": f"{request.risk:.3f}",

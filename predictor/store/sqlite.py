@@ -247,6 +247,15 @@ class SQLiteStore:
         rows = self._query("SELECT node, state, since, action_id FROM node_state")
         return {r[0]: {"state": r[1], "since": r[2], "action_id": r[3]} for r in rows}
 
+    def clear_dry_run_states(self) -> int:
+        """Forget drains that were only simulated: a live service starts from reality."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM node_state WHERE action_id IN"
+                " (SELECT id FROM actions WHERE dry_run = 1)"
+            )
+            return cursor.rowcount
+
     # -- meta --------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))

@@ -113,8 +113,9 @@ def test_drain_posts_an_alertmanager_v4_firing_alert(receiver: Receiver) -> None
     assert alert["status"] == "firing"
     assert alert["labels"] == {
         "alertname": "PredictedNodeFailure", "node": "web-1", "pool": "web",
-        "severity": "warning", "action": "drain",
+        "severity": "warning",
     }  # fmt: skip
+    assert alert["annotations"]["action"] == "drain"
     assert alert["annotations"]["description"] == request().reason
     assert alert["annotations"]["risk"] == "0.912"
     assert "drain web-1" in alert["annotations"]["summary"]
@@ -139,7 +140,8 @@ def test_undrain_resolves_the_same_alert(receiver: Receiver) -> None:
 def test_failover_is_resolved_by_the_undrain_of_the_node() -> None:
     failover = alertmanager_payload(request("failover", standby="web-9"))["alerts"][0]
     undrain = alertmanager_payload(request("undrain"))["alerts"][0]
-    assert failover["labels"]["severity"] == "critical"
+    assert failover["annotations"]["action"] == "failover"
+    assert failover["labels"] == undrain["labels"]
     assert failover["fingerprint"] == undrain["fingerprint"]
 
 
@@ -232,7 +234,9 @@ def test_policy_drain_and_undrain_through_the_webhook(receiver: Receiver, tmp_pa
         assert [a["status"] for a in store.actions()] == ["done", "done"]
         drain, undrain = (b["alerts"][0] for b in receiver.bodies())
         assert (drain["status"], undrain["status"]) == ("firing", "resolved")
-        assert drain["labels"]["action"] == "drain" and undrain["labels"]["action"] == "undrain"
+        assert drain["annotations"]["action"] == "drain"
+        assert undrain["annotations"]["action"] == "undrain"
+        assert drain["labels"] == undrain["labels"]
         assert drain["fingerprint"] == undrain["fingerprint"]
     finally:
         store.close()

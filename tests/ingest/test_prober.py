@@ -1,0 +1,42 @@
+"""Active health checks against a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+from predictor.ingest.prober import probe_once
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200 if self.path == "/ok" else 503)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_probe_records_up_down_and_latency_for_each_node() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    targets = {"good": f"{base}/ok", "sick": f"{base}/bad", "gone": "http://127.0.0.1:9/"}
+
+    async def run():
+        async with httpx.AsyncClient() as client:
+            return await probe_once(targets, client=client, timeout_s=2.0)
+
+    try:
+        batch = asyncio.run(run())
+    finally:
+        server.shutdown()
+    frame = batch.to_frame().pivot(index="node", columns="metric", values="value")
+    assert frame.loc["good", "probe_up"] == 1.0
+    assert frame.loc["sick", "probe_up"] == 0.0
+    assert frame.loc["gone", "probe_up"] == 0.0  # refused connection: down, not a crash
+    assert (frame["probe_latency_s"] >= 0).all()
+    assert batch.ts.min() == batch.ts.max()
