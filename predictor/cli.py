@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,14 @@ import httpx
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from predictor.config import Settings
@@ -18,10 +27,20 @@ from predictor.config import Settings
 app = typer.Typer(help="Failure prediction for server fleets.", no_args_is_help=True)
 models_app = typer.Typer(help="Model versions: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 
 DbOption = Annotated[Path | None, typer.Option(help="SQLite store (PREDICTOR_DB)")]
 ModelsOption = Annotated[Path | None, typer.Option(help="Model directory (PREDICTOR_MODELS_DIR)")]
+
+
+def _progress(*, disable: bool = False) -> Progress:
+    """A progress bar on the command's console (on a non-terminal it prints the end state)."""
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+        TimeElapsedColumn(), console=console, disable=disable,
+    )  # fmt: skip
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -40,10 +59,19 @@ def serve(
     import uvicorn
 
     from predictor.api import create_app
+    from predictor.logging_setup import configure_logging
 
     settings = _settings(host=host, port=port, db=db, models_dir=models_dir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    configure_logging(json_lines=settings.log_json)
+    logging.getLogger("predictor.cli").info(
+        "serving on %s:%d", settings.host, settings.port,
+        extra={"host": settings.host, "port": settings.port, "db": str(settings.db)},
+    )  # fmt: skip
+    # log_config=None: uvicorn's loggers propagate to the one root handler (JSON or text).
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+        log_config=None,
+    )  # fmt: skip
 
 
 def load_history(
@@ -89,14 +117,21 @@ def train(
 ) -> None:
     """Train a batch model on history and promote it."""
     from predictor.training import train_and_register
+    from predictor.training.train import TRAIN_STAGES
 
     settings = _settings(db=db, models_dir=models_dir)
-    with console.status("loading history"):
+    with _progress() as bar:
+        # One step per stage: loading the history, then each stage of training.
+        task = bar.add_task("loading history", total=1 + len(TRAIN_STAGES))
         samples, events, drains = load_history(data, settings)
-    with console.status(f"training on {len(samples):,} samples"):
+
+        def stage(name: str) -> None:
+            bar.update(task, advance=1, description=f"{name} ({len(samples):,} samples)")
+
         report = train_and_register(
-            samples=samples, events=events, drains=drains, settings=settings
+            samples=samples, events=events, drains=drains, settings=settings, progress=stage
         )
+        bar.update(task, advance=1, description="trained")
     console.print_json(json.dumps(report))
 
 
@@ -135,11 +170,110 @@ def simulate(
     from predictor.simulate import simulate as run_simulation
 
     spec = FleetSpec(nodes=nodes, duration_s=days * 86400, step_s=step, seed=seed, naming=naming)  # type: ignore[arg-type]
-    with console.status(f"simulating {nodes} nodes for {days} days"):
-        fleet = run_simulation(spec)
-    write_dataset(fleet, out, fmt=fmt)  # type: ignore[arg-type]
+    with _progress() as bar:
+        task = bar.add_task(f"simulating {nodes} nodes for {days} days", total=1.0)
+        fleet = run_simulation(spec, progress=lambda done: bar.update(task, completed=done))
+        bar.update(task, description=f"writing {out}")
+        write_dataset(fleet, out, fmt=fmt)  # type: ignore[arg-type]
     failures = fleet.events[fleet.events["kind"] == "failure"]
     console.print(f"wrote {len(fleet.samples):,} samples and {len(failures)} failures to {out}")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[
+        Path | None, typer.Option(help="Labelled dataset dir; default: simulated fleets")
+    ] = None,
+    train_data: Annotated[
+        Path | None, typer.Option(help="Dataset to train on; default: the first half of --data")
+    ] = None,
+    nodes: Annotated[int, typer.Option(help="Nodes per simulated fleet")] = 24,
+    days: Annotated[float, typer.Option(help="Days per simulated fleet")] = 2.0,
+    step: Annotated[float, typer.Option(help="Seconds between simulated samples")] = 60.0,
+    failure_rate: Annotated[float, typer.Option(help="Simulated failures per node-day")] = 0.4,
+    nab_dir: Annotated[
+        Path, typer.Option(help="NAB corpus (skipped with a note if absent)")
+    ] = Path("../shared/datasets/nab-dev"),
+    out: Annotated[Path, typer.Option(help="Report directory")] = Path("reports"),
+) -> None:
+    """Fleet evaluation against baselines, NAB, and reports/evaluation.md with plots."""
+    from predictor.evaluation.run import run_evaluation
+
+    figures = run_evaluation(
+        out_dir=out, data=data, train_data=train_data, nodes=nodes, days=days, step_s=step,
+        failure_rate=failure_rate, nab_dir=nab_dir, settings=_settings(), console=console,
+    )  # fmt: skip
+    console.print(f"wrote {out / 'evaluation.md'} in {figures['run']['seconds']:.0f} s")
+
+
+@app.command()
+def replay(
+    data: Annotated[
+        Path, typer.Option(help="Labelled dataset dir (as `predictor simulate` writes)")
+    ],
+    models_dir: ModelsOption = None,
+    model: Annotated[
+        bool, typer.Option(help="Use the serving batch model; --no-model: online detectors only")
+    ] = True,
+    match_window: Annotated[
+        float, typer.Option(help="Seconds before a failure in which a drain counts for it")
+    ] = 6 * 3600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Replay a dataset through the service's scorer and a dry-run policy; score the drains."""
+    from predictor.evaluation.fleet import drain_decisions, score_drains
+    from predictor.evaluation.fleet import replay as run_replay
+    from predictor.simulate import read_dataset
+    from predictor.training import ModelRegistry
+
+    settings = _settings(models_dir=models_dir)
+    fleet = read_dataset(data)
+    loaded = ModelRegistry.from_settings(settings).load_serving()[0] if model else None
+    version = loaded[1]["version"] if loaded else None
+    with _progress(disable=as_json) as bar:  # JSON alone on stdout
+        task = bar.add_task(f"replaying {len(fleet.samples):,} samples", total=1.0)
+        result = run_replay(
+            samples=fleet.samples, nodes=fleet.nodes, settings=settings,
+            model=loaded[0] if loaded else None,
+            progress=lambda done: bar.update(task, completed=done),
+        )  # fmt: skip
+    summary = score_drains(
+        drains=drain_decisions(result.actions), events=fleet.events, samples=fleet.samples,
+        match_window_s=match_window,
+    )  # fmt: skip
+    summary["model"] = version
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    console.print(f"model: {version or 'none (online detectors only)'}; policy in dry-run")
+    console.print(drain_summary_table(summary))
+
+
+def drain_summary_table(summary: dict[str, Any]) -> Table:
+    """Failures caught by an earlier drain, lead times and false drains, per failure mode."""
+
+    def minutes(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} min"
+
+    def share(value: float) -> str:
+        return "-" if value != value else f"{value:.0%}"  # NaN: no failures to catch
+
+    table = Table("failure mode", "failures", "recall", "median lead", title="drains vs failures")
+    for mode, row in sorted(summary["per_mode"].items()):
+        table.add_row(
+            mode, str(row["failures"]), share(row["recall"]), minutes(row["median_lead_min"])
+        )
+    recall = summary["caught"] / summary["failures"] if summary["failures"] else float("nan")
+    table.add_section()
+    table.add_row(
+        "all", str(summary["failures"]), share(recall), minutes(summary["median_lead_min"])
+    )
+    table.caption = (
+        f"{summary['drains']} drains, {summary['false_drains']} false"
+        f" ({summary['false_drains_per_1000_node_days']:.1f} per 1000 node-days);"
+        f" p10 lead {minutes(summary['p10_lead_min'])}"
+    )
+    return table
 
 
 @models_app.command("list")
@@ -147,7 +281,7 @@ def models_list(models_dir: ModelsOption = None) -> None:
     """Stored model versions, the current one marked."""
     from predictor.training import ModelRegistry
 
-    registry = ModelRegistry(_settings(models_dir=models_dir).models_dir)
+    registry = ModelRegistry.from_settings(_settings(models_dir=models_dir))
     current = registry.current()
     table = Table("", "version", "rows", "metrics", "classifier", "avg precision")
     for m in registry.versions():
@@ -165,7 +299,7 @@ def models_promote(version: str, models_dir: ModelsOption = None) -> None:
     """Make VERSION the current model (the service picks it up on restart)."""
     from predictor.training import ModelRegistry
 
-    ModelRegistry(_settings(models_dir=models_dir).models_dir).promote(version)
+    ModelRegistry.from_settings(_settings(models_dir=models_dir)).promote(version)
     console.print(f"current model: {version}")
 
 
@@ -174,8 +308,72 @@ def models_rollback(models_dir: ModelsOption = None) -> None:
     """Return to the previously promoted model."""
     from predictor.training import ModelRegistry
 
-    version = ModelRegistry(_settings(models_dir=models_dir).models_dir).rollback()
+    version = ModelRegistry.from_settings(_settings(models_dir=models_dir)).rollback()
     console.print(f"current model: {version}")
+
+
+def _stamp(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option(help="ingest | read | admin (admin may do all)")],
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. the client's name")] = "",
+    db: DbOption = None,
+) -> None:
+    """Create an API key and print it: the only time it is shown (only its hash is kept)."""
+    from predictor.auth import SCOPES, create_key
+    from predictor.store import Store
+
+    if scope not in SCOPES:
+        raise typer.BadParameter(f"one of {', '.join(SCOPES)}", param_hint="--scope")
+    store = Store(_settings(db=db).db)
+    try:
+        key, record = create_key(store=store, scope=scope, name=name)  # type: ignore[arg-type]
+    finally:
+        store.close()
+    console.print(
+        f"created key {record['id']} ({record['name']}, scope {scope}); store it now,"
+        " it is not shown again:"
+    )
+    print(key)  # plain print: no wrapping or markup, so it can be copied or piped
+
+
+@keys_app.command("list")
+def keys_list(db: DbOption = None) -> None:
+    """Every API key: id, name, scope, created, revoked (never the key itself)."""
+    from predictor.auth import list_keys
+    from predictor.store import Store
+
+    store = Store(_settings(db=db).db)
+    try:
+        keys = list_keys(store=store)
+    finally:
+        store.close()
+    table = Table("id", "name", "scope", "created (UTC)", "revoked (UTC)")
+    for k in keys:
+        table.add_row(
+            str(k["id"]), k["name"], k["scope"], _stamp(k["created"]), _stamp(k["revoked"])
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(metavar="ID")], db: DbOption = None) -> None:
+    """Revoke key ID; a running service refuses it from its next request on."""
+    from predictor.auth import revoke_key
+    from predictor.store import Store
+
+    store = Store(_settings(db=db).db)
+    try:
+        revoke_key(store=store, key_id=key_id)
+    except LookupError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    console.print(f"revoked key {key_id}")
 
 
 def risk_table(rows: list[dict[str, Any]], title: str = "riskiest nodes") -> Table:
@@ -192,9 +390,21 @@ def risk_table(rows: list[dict[str, Any]], title: str = "riskiest nodes") -> Tab
 def status(
     url: Annotated[str, typer.Option(help="Service base URL")] = "http://127.0.0.1:8000",
     top: int = 10,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="PREDICTOR_API_KEY", help="A read key; in dev, the dev key if unset"),
+    ] = None,
 ) -> None:
     """Print the fleet's riskiest nodes."""
-    rows = httpx.get(f"{url}/v1/risk", params={"top": top}, timeout=10).raise_for_status().json()
+    settings = _settings()
+    key = api_key or (settings.dev_api_key if settings.env == "dev" else None)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    response = httpx.get(f"{url}/v1/risk", params={"top": top}, headers=headers, timeout=10)
+    if response.status_code in (401, 403):
+        console.print(f"[red]{response.status_code}: {response.json().get('detail')}[/]")
+        console.print("pass a read key with --api-key or PREDICTOR_API_KEY")
+        raise typer.Exit(1)
+    rows = response.raise_for_status().json()
     console.print(risk_table(rows))
 
 

@@ -27,12 +27,18 @@ class Settings(BaseSettings):
     state_path: Path | None = Field(
         default=None, description="Online-state checkpoint; defaults to <db>.state.joblib"
     )
+    log_json: bool = False  # `predictor serve` logs one JSON object per line
 
     # Ingest
     max_samples_per_request: int = 100_000
     max_body_bytes: int = 32 * 1024 * 1024
     max_unscored_rows: int = 2_000_000  # past this backlog ingest answers 503 + Retry-After
     future_tolerance_s: float = 3600.0
+    max_inflight_ingest: int = 64  # ingest requests handled at once; past it 503 + Retry-After
+    remote_write_node_label: str = "instance"  # the Prometheus label whose value names the node
+    # OTLP resource attributes that name the node, first one set wins.
+    otlp_node_attributes: list[str] = ["service.instance.id", "host.name"]
+    metrics_public: bool = False  # GET /metrics without an API key (else the `read` scope)
 
     # Scoring
     online_detectors: list[str] = ["ewma_z"]
@@ -59,10 +65,19 @@ class Settings(BaseSettings):
     weight_actions: bool = False  # lower LB weight as risk rises (needs a weight-capable actuator)
 
     # Actuators
-    actuator: Literal["log", "webhook"] = "log"
+    actuator: Literal["log", "webhook", "haproxy", "kubernetes"] = "log"
     webhook_url: str | None = None
     actuator_timeout_s: float = 5.0
     actuator_retries: int = 3
+    # HAProxy runtime API (admin level): a unix socket path or host:port
+    haproxy_socket: str | None = None
+    haproxy_failover_state: Literal["drain", "maint"] = "drain"  # maint: hard cut on failover
+    # Kubernetes: k8s_api_url (no auth, e.g. kubectl proxy) wins over k8s_kubeconfig, which
+    # wins over the in-cluster service account (then ~/.kube/config)
+    k8s_api_url: str | None = None
+    k8s_kubeconfig: Path | None = None
+    k8s_evict_deadline_s: float = 300.0  # wall-clock: how long PDBs may hold up a drain
+    k8s_evict_backoff_s: float = 1.0  # first wait after a 429; doubles up to 10 s
 
     # Health checks
     probe_interval_s: float = 10.0
@@ -72,6 +87,12 @@ class Settings(BaseSettings):
     horizon_s: float = 3600.0
     train_step_s: float = 60.0
     seed: int = 0
+    # Signs model manifests (HMAC-SHA256). Required in prod; dev falls back to DEV_MODEL_HMAC_KEY.
+    model_hmac_key: str | None = None
+
+    # Access (API keys live hashed in the store; see predictor/auth.py)
+    # A documented admin key for local work, accepted only when env == "dev"; "" turns it off.
+    dev_api_key: str | None = "dev"
 
     @property
     def checkpoint_path(self) -> Path:

@@ -15,7 +15,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from predictor.api import create_app
+from predictor.auth import create_key, dev_key_in_force
 from predictor.config import Settings
+from predictor.store import Store
 
 DAY_S = 86_400.0
 
@@ -26,6 +28,17 @@ def _reset_store(settings: Settings) -> None:
         for suffix in ("", "-wal", "-shm"):
             target = path.with_name(path.name + suffix)
             target.unlink(missing_ok=True)
+
+
+def _demo_key(settings: Settings) -> str:
+    """The dev key in dev; otherwise a new admin key in the demo's own fresh store."""
+    if dev_key_in_force(settings) and settings.dev_api_key:
+        return settings.dev_api_key
+    store = Store(settings.db)
+    try:
+        return create_key(store=store, scope="admin", name="demo")[0]
+    finally:
+        store.close()
 
 
 def _start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread]:
@@ -86,6 +99,7 @@ def run_demo(
     from predictor.simulate import FleetSpec, stream_to_api
 
     _reset_store(settings)
+    api_key = _demo_key(settings)
     server, server_thread = _start_server(settings)
     base_url = f"http://{settings.host}:{settings.port}"
     start = time.time() - 2 * DAY_S
@@ -108,6 +122,7 @@ def run_demo(
             "speed": speed,
             "on_step": on_step,
             "stop": stop,
+            "api_key": api_key,
         },
         daemon=True,
     )
@@ -119,7 +134,9 @@ def run_demo(
     began = time.monotonic()
     try:
         with (
-            httpx.Client(base_url=base_url, timeout=10) as client,
+            httpx.Client(
+                base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {api_key}"}
+            ) as client,
             Live(console=console, refresh_per_second=2) as live,
         ):
             while streamer.is_alive() and not (

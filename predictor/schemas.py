@@ -48,6 +48,13 @@ class NodeMeta(Strict):
     health_url: str | None = Field(default=None, pattern=r"^https?://")
     labels: dict[str, str] = {}
 
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_storable(cls, labels: dict[str, str]) -> dict[str, str]:
+        for text in (*labels, *labels.values()):
+            text.encode()  # lone surrogates raise here (a 422), not in the store (a 500)
+        return labels
+
 
 class NodeOut(NodeMeta):
     node: str

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from predictor.actuators import Actuator, make_actuator
+from predictor.auth import ensure_first_key
 from predictor.config import Settings
 from predictor.ingest import Limits, SampleBatch, parse_metrics_json
 from predictor.ingest.json_format import IngestError
+from predictor.ingest.otlp import OtlpResult, decode_content, parse_otlp_metrics
+from predictor.ingest.remote_write import parse_remote_write
 from predictor.policy import DRAINED, Policy
 from predictor.scoring import ScoringEngine
 from predictor.scoring.scorer import Scorer, ScorerThread
 from predictor.store import Store
-from predictor.training import ModelError, ModelRegistry
+from predictor.telemetry import Telemetry
+from predictor.training import ModelRegistry
 
 logger = logging.getLogger(__name__)
 EVENT_KINDS = ("failure", "recovery", "maintenance")
@@ -43,21 +50,32 @@ class Runtime:
     model_version: str | None = None
     thread: ScorerThread | None = None
     started: float = field(default_factory=time.time)
+    model_refused: list[str] = field(default_factory=list)  # promoted versions that failed checks
+    ingest_slots: threading.BoundedSemaphore = field(init=False)
+    telemetry: Telemetry = field(init=False)  # this runtime's own Prometheus registry
+
+    def __post_init__(self) -> None:
+        self.ingest_slots = threading.BoundedSemaphore(max(1, self.settings.max_inflight_ingest))
+        self.telemetry = Telemetry()
+        self.telemetry.watch(self)
 
     @classmethod
     def build(cls, settings: Settings, *, actuator: Actuator | None = None) -> Runtime:
+        # Raises in prod without a model signing key: refuse to start rather than trust models.
+        registry = ModelRegistry.from_settings(settings)
         store = Store(settings.db)
+        ensure_first_key(store=store, settings=settings)  # prod's first start: admin key
         if not settings.dry_run:
             store.clear_dry_run_states()
-        registry = ModelRegistry(settings.models_dir)
         model, version = None, None
-        try:
-            loaded = registry.load_current()
-            if loaded:
-                model, manifest = loaded
-                version = manifest["version"]
-        except ModelError as exc:
-            logger.error("no batch model in service: %s", exc)
+        loaded, refused = registry.load_serving()
+        if loaded:
+            model, manifest = loaded
+            version = manifest["version"]
+            if refused:
+                logger.warning("serving earlier model %s (refused: %s)", version, refused)
+        elif refused:
+            logger.error("no batch model in service: every promoted version was refused")
         engine = ScoringEngine(settings=settings, model=model)
         policy = Policy(
             settings=settings, store=store, actuator=actuator or make_actuator(settings)
@@ -68,8 +86,9 @@ class Runtime:
         if scorer.restore():
             engine.set_model(model)  # the checkpoint holds online state, not the model
         return cls(
-            settings=settings, store=store, scorer=scorer, registry=registry, model_version=version
-        )
+            settings=settings, store=store, scorer=scorer, registry=registry,
+            model_version=version, model_refused=refused,
+        )  # fmt: skip
 
     def start(self) -> None:
         self.thread = ScorerThread(
@@ -91,13 +110,32 @@ class Runtime:
 
 
 # -- ingest ------------------------------------------------------------------------------
-def ingest_samples(*, runtime: Runtime, batch: SampleBatch) -> int:
-    """Commit a validated batch durably, then wake the scorer; return its size."""
+@contextmanager
+def ingest_slot(*, runtime: Runtime) -> Iterator[None]:
+    """Hold one of ``max_inflight_ingest`` request slots, or refuse at once with 503.
+
+    Bounds the bodies held in memory and the commits queued on the store's write lock, so
+    a burst is shed with Retry-After instead of piling up until the process runs out.
+    """
+    if not runtime.ingest_slots.acquire(blocking=False):
+        raise Overloaded(retry_after_s=1)
+    try:
+        yield
+    finally:
+        runtime.ingest_slots.release()
+
+
+def ingest_samples(*, runtime: Runtime, batch: SampleBatch, fmt: str = "json") -> int:
+    """Commit a validated batch durably, then wake the scorer; return its size.
+
+    ``fmt`` names the wire format it came in (for the ingest counters).
+    """
     lag = runtime.scorer.lag_rows()
     if lag > runtime.settings.max_unscored_rows:
         raise Overloaded(retry_after_s=max(1, math.ceil(lag / 200_000)))
     if len(batch):
         runtime.store.append_samples(batch)
+        runtime.telemetry.record_ingest(fmt, count=len(batch), newest_ts=float(batch.ts.max()))
         runtime.notify()
     return len(batch)
 
@@ -109,6 +147,43 @@ def ingest_json(*, runtime: Runtime, body: bytes) -> int:
         future_tolerance_s=s.future_tolerance_s,
     )  # fmt: skip
     return ingest_samples(runtime=runtime, batch=parse_metrics_json(body, limits))
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(
+        max_samples=settings.max_samples_per_request, now=time.time(),
+        future_tolerance_s=settings.future_tolerance_s,
+    )  # fmt: skip
+
+
+def ingest_remote_write(*, runtime: Runtime, body: bytes) -> int:
+    """Store a Prometheus remote_write body; return the samples kept (others are counted)."""
+    s = runtime.settings
+    result = parse_remote_write(
+        body, _limits(s), node_label=s.remote_write_node_label, max_bytes=s.max_body_bytes
+    )
+    if result.skipped.get("no_node") and not len(result.batch):
+        logger.warning(
+            "remote_write: %d samples carry no %r label (PREDICTOR_REMOTE_WRITE_NODE_LABEL)",
+            result.skipped["no_node"], s.remote_write_node_label,
+        )  # fmt: skip
+    count = ingest_samples(runtime=runtime, batch=result.batch, fmt="remote_write")
+    runtime.telemetry.record_skipped("remote_write", result.skipped)
+    return count
+
+
+def ingest_otlp(
+    *, runtime: Runtime, body: bytes, content_type: str, content_encoding: str | None
+) -> OtlpResult:
+    """Store an OTLP/HTTP metrics export; the result says what was kept and skipped."""
+    s = runtime.settings
+    result = parse_otlp_metrics(
+        decode_content(body, content_encoding, s.max_body_bytes), content_type, _limits(s),
+        node_attributes=tuple(s.otlp_node_attributes),
+    )  # fmt: skip
+    ingest_samples(runtime=runtime, batch=result.batch, fmt="otlp")
+    runtime.telemetry.record_skipped("otlp", result.skipped)
+    return result
 
 
 def record_events(*, runtime: Runtime, events: list[dict[str, Any]]) -> int:
@@ -174,6 +249,7 @@ def health(*, runtime: Runtime) -> dict[str, Any]:
     return {
         "store": runtime.store.ping(),
         "model": runtime.model_version,
+        "model_refused": runtime.model_refused,
         "scoring_lag_rows": runtime.scorer.lag_rows(),
         "scorer_alive": runtime.thread is not None and runtime.thread.is_alive(),
     }
@@ -187,7 +263,10 @@ __all__ = [
     "fleet_risk",
     "health",
     "ingest_json",
+    "ingest_otlp",
+    "ingest_remote_write",
     "ingest_samples",
+    "ingest_slot",
     "node_history",
     "node_risk",
     "put_node",

@@ -20,7 +20,8 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     "verb",
     [[], ["serve"], ["train"], ["retrain"], ["simulate"], ["status"], ["demo"], ["models", "list"],
-     ["models", "promote"], ["models", "rollback"]],
+     ["models", "promote"], ["models", "rollback"], ["keys"], ["keys", "create"], ["keys", "list"],
+     ["keys", "revoke"]],
 )  # fmt: skip
 def test_every_verb_has_help(verb: list[str]) -> None:
     result = runner.invoke(app, [*verb, "--help"])

@@ -52,15 +52,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Sett
 
 
 def test_precursor_failures_are_drained_first_and_healthy_nodes_are_not(served) -> None:
-    base_url, _ = served
+    base_url, settings = served
     spec = FleetSpec(
         nodes=10, duration_s=1.5 * 86400, step_s=STEP, seed=202, failure_rate_per_node_day=0.4,
         modes=("disk_fill", "thermal", "sudden_crash"),
     )  # fmt: skip
-    stats = stream_to_api(spec, base_url=base_url)
+    stats = stream_to_api(spec, base_url=base_url, api_key=settings.dev_api_key)
     fleet = simulate(spec)
     assert stats.samples == len(fleet.samples)
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    auth = {"Authorization": f"Bearer {settings.dev_api_key}"}
+    with httpx.Client(base_url=base_url, timeout=30, headers=auth) as client:
         deadline = time.monotonic() + 120
         while client.get("/readyz").json()["scoring_lag_rows"] > 0:
             assert time.monotonic() < deadline, "scorer never caught up"

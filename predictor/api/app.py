@@ -11,7 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from predictor import service
-from predictor.api import health, metrics, nodes
+from predictor.api import exposition, health, metrics, nodes, otlp, remote_write
+from predictor.api.dashboard import mount_dashboard
 from predictor.config import Settings, get_settings
 from predictor.ingest.prober import run_prober
 
@@ -45,10 +46,22 @@ def create_app(settings: Settings | None = None, runtime: service.Runtime | None
     app = FastAPI(title="predictor", version="0.1.0", lifespan=lifespan)
     for module in (metrics, nodes, health):
         app.include_router(module.router)
+    for module in (remote_write, otlp, exposition):
+        app.include_router(module.router)
+    mount_dashboard(app)  # the page is public; its data calls carry the API key
+    app.add_middleware(exposition.IngestRequestCounter)
 
     @app.exception_handler(service.IngestError)
     async def ingest_error(request: Request, exc: service.IngestError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=exc.status)
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def unstorable_text(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # JSON may carry lone surrogates ("\ud800"), valid JSON but not storable text; the
+        # write was rolled back, and it is the request that is wrong, not the server.
+        return JSONResponse(
+            {"detail": "strings must be valid Unicode (no lone surrogates)"}, status_code=422
+        )
 
     @app.exception_handler(service.Overloaded)
     async def overloaded(request: Request, exc: service.Overloaded) -> JSONResponse:

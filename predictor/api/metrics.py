@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from predictor import service
-from predictor.api.deps import RuntimeDep
+from predictor.api.deps import IngestCaller, RuntimeDep
 from predictor.schemas import Accepted, EventsIn, MetricsBatch
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
@@ -38,15 +38,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         }
     },
 )
-async def post_metrics(request: Request, runtime: RuntimeDep) -> JSONResponse:
+async def post_metrics(request: Request, runtime: RuntimeDep, caller: IngestCaller) -> JSONResponse:
     """Store samples durably; 202 only after the commit. 422 names every bad sample."""
-    body = await read_body(request, runtime.settings.max_body_bytes)
-    count = await run_in_threadpool(service.ingest_json, runtime=runtime, body=body)
+    with service.ingest_slot(runtime=runtime):  # past max_inflight_ingest: 503 + Retry-After
+        body = await read_body(request, runtime.settings.max_body_bytes)
+        count = await run_in_threadpool(service.ingest_json, runtime=runtime, body=body)
     return JSONResponse({"accepted": count}, status_code=202)
 
 
 @router.post("/events", status_code=202, response_model=Accepted)
-def post_events(body: EventsIn, runtime: RuntimeDep) -> Accepted:
+def post_events(body: EventsIn, runtime: RuntimeDep, caller: IngestCaller) -> Accepted:
     """Failures, recoveries and maintenance: the labels for training and evaluation."""
     events = [e.model_dump() for e in body.events]
     return Accepted(accepted=service.record_events(runtime=runtime, events=events))

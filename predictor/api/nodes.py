@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from predictor import service
-from predictor.api.deps import RuntimeDep
+from predictor.api.deps import AdminCaller, ReadCaller, RuntimeDep
 from predictor.ingest.json_format import NAME_PATTERN
 from predictor.schemas import ActionOut, NodeMeta, NodeOut, RiskOut, RiskPoint, UndrainIn
 
@@ -14,12 +14,14 @@ NodePath = Path(pattern=NAME_PATTERN.pattern)
 
 
 @router.put("/nodes/{node}", response_model=NodeOut)
-def put_node(meta: NodeMeta, runtime: RuntimeDep, node: str = NodePath) -> dict:
+def put_node(
+    meta: NodeMeta, runtime: RuntimeDep, caller: AdminCaller, node: str = NodePath
+) -> dict:
     return service.put_node(runtime=runtime, node=node, meta=meta.model_dump())
 
 
 @router.get("/nodes/{node}", response_model=NodeOut)
-def get_node(runtime: RuntimeDep, node: str = NodePath) -> dict:
+def get_node(runtime: RuntimeDep, caller: ReadCaller, node: str = NodePath) -> dict:
     meta = runtime.store.node(node)
     if meta is None:
         raise HTTPException(404, f"node {node} is not registered")
@@ -27,18 +29,20 @@ def get_node(runtime: RuntimeDep, node: str = NodePath) -> dict:
 
 
 @router.get("/nodes", response_model=list[NodeOut])
-def list_nodes(runtime: RuntimeDep) -> list[dict]:
+def list_nodes(runtime: RuntimeDep, caller: ReadCaller) -> list[dict]:
     return [{"node": n, **m} for n, m in sorted(runtime.store.nodes().items())]
 
 
 @router.get("/risk", response_model=list[RiskOut])
-def fleet_risk(runtime: RuntimeDep, top: int = Query(20, ge=1, le=100_000)) -> list[dict]:
+def fleet_risk(
+    runtime: RuntimeDep, caller: ReadCaller, top: int = Query(20, ge=1, le=100_000)
+) -> list[dict]:
     """The riskiest nodes first, each with its top contributing metrics."""
     return service.fleet_risk(runtime=runtime, top=top)
 
 
 @router.get("/nodes/{node}/risk", response_model=RiskOut)
-def node_risk(runtime: RuntimeDep, node: str = NodePath) -> dict:
+def node_risk(runtime: RuntimeDep, caller: ReadCaller, node: str = NodePath) -> dict:
     risk = service.node_risk(runtime=runtime, node=node)
     if risk is None:
         raise HTTPException(404, f"no risk yet for node {node}")
@@ -48,6 +52,7 @@ def node_risk(runtime: RuntimeDep, node: str = NodePath) -> dict:
 @router.get("/nodes/{node}/history", response_model=list[RiskPoint])
 def node_history(
     runtime: RuntimeDep,
+    caller: ReadCaller,
     node: str = NodePath,
     since: float = Query(0.0, allow_inf_nan=False),
     limit: int = Query(2000, ge=1, le=100_000),
@@ -58,6 +63,7 @@ def node_history(
 @router.get("/actions", response_model=list[ActionOut])
 def list_actions(
     runtime: RuntimeDep,
+    caller: ReadCaller,
     node: str | None = Query(None, pattern=NAME_PATTERN.pattern),
     limit: int = Query(100, ge=1, le=10_000),
 ) -> list[dict]:
@@ -66,9 +72,15 @@ def list_actions(
 
 
 @router.post("/nodes/{node}/undrain", response_model=ActionOut)
-def undrain(runtime: RuntimeDep, body: UndrainIn | None = None, node: str = NodePath) -> dict:
-    """Manual override: return a drained node to service."""
+def undrain(
+    runtime: RuntimeDep,
+    caller: AdminCaller,
+    body: UndrainIn | None = None,
+    node: str = NodePath,
+) -> dict:
+    """Manual override: return a drained node to service (the audit log names the key)."""
+    reason = f"{(body or UndrainIn()).reason} (key {caller.name!r})"
     try:
-        return service.undrain_node(runtime=runtime, node=node, reason=(body or UndrainIn()).reason)
+        return service.undrain_node(runtime=runtime, node=node, reason=reason)
     except LookupError as exc:
         raise HTTPException(409, str(exc)) from None

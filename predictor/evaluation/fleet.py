@@ -144,3 +144,24 @@ def score_drains(
         "false_drains_per_1000_node_days": float(1000 * false / max(span_days, 1e-9)),
         "per_mode": per_mode,
     }
+
+
+def failure_leads(
+    *, drains: pd.DataFrame, events: pd.DataFrame, match_window_s: float = 6 * 3600.0
+) -> pd.DataFrame:
+    """Each failure with the lead time of its earliest matching drain (NaN if none).
+
+    The same matching as :func:`score_drains`: a drain in ``[failure - match_window_s,
+    failure]`` on the failure's node. Columns: ``node, ts, mode, lead_s``.
+    """
+    failures = events[events["kind"] == "failure"]
+    mode = failures["mode"] if "mode" in failures else pd.Series("all", index=failures.index)
+    out = pd.DataFrame(
+        {"node": failures["node"], "ts": failures["ts"], "mode": mode, "lead_s": np.nan}
+    ).reset_index(drop=True)
+    for i, (node, ts) in enumerate(zip(out["node"], out["ts"], strict=True)):
+        mine = drains["ts"][(drains["node"] == node) & (drains["ts"] <= ts)]
+        mine = mine[mine >= ts - match_window_s]
+        if len(mine):
+            out.loc[i, "lead_s"] = ts - mine.min()
+    return out

@@ -29,7 +29,8 @@ async def probe_once(
         try:
             response = await client.get(url, timeout=timeout_s)
             up = 1.0 if response.status_code < 400 else 0.0
-        except httpx.HTTPError:
+        # A malformed URL is that node's probe failing, not the whole round's.
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError):
             up = 0.0
         return up, time.perf_counter() - started
 

@@ -242,7 +242,8 @@ class Policy:
                 request = ActionRequest(
                     action=step,
                     node=str(target),
-                    node_meta=registry.get(str(target), meta),
+                    # An unregistered standby gets no load-balancer identity of its own.
+                    node_meta=registry.get(str(target), {"pool": meta.get("pool")}),
                     reason=recorded["reason"],
                     risk=float(recorded["risk"] or 0.0),
                     ts=recorded["ts"],

@@ -128,16 +128,23 @@ class ScoringEngine:
         bounds = np.searchsorted(rounds[round_order], np.arange(rounds.max() + 2))
         for r in range(len(bounds) - 1):
             rows = round_order[bounds[r] : bounds[r + 1]]
-            self._fold(rows, keys, batch, scores)
-            frames.append(self._evaluate(np.unique(nodes[rows]), rows, nodes, batch.ts))
+            folded = self._fold(rows, keys, batch, scores)
+            if len(folded):
+                # A node whose samples were all late or repeated has nothing new to say:
+                # re-evaluating it would move its trend on a resent batch.
+                frames.append(self._evaluate(np.unique(nodes[folded]), folded, nodes, batch.ts))
         risk = pd.concat(frames, ignore_index=True) if frames else _empty_risk()
         return StepResult(scores, risk)
 
     def _fold(
         self, rows: np.ndarray, keys: np.ndarray, batch: SampleBatch, out: np.ndarray
-    ) -> None:
-        """Update features and detectors with ``rows``, one sample per series at a time."""
+    ) -> np.ndarray:
+        """Update features and detectors with ``rows``, one sample per series at a time.
+
+        Returns the rows that were in event-time order (the others changed nothing).
+        """
         st = self.state
+        folded = []
         rows = rows[np.lexsort((batch.ts[rows], keys[rows]))]
         k = keys[rows]
         starts = np.ones(len(k), dtype=bool)
@@ -150,11 +157,13 @@ class ScoringEngine:
             sub, sk, sx, stt = sub[in_order], sk[in_order], sx[in_order], stt[in_order]
             if not len(sub):
                 continue
+            folded.append(sub)
             fused = np.zeros(len(sub))
             for detector in st.detectors:
                 fused = np.maximum(fused, detector.score_learn_many(sk, sx, stt))
             out[sub] = fused
             st.series_score[sk] = fused
+        return np.concatenate(folded) if folded else np.zeros(0, dtype=np.int64)
 
     def _evaluate(
         self, node_ids: np.ndarray, rows: np.ndarray, nodes: np.ndarray, ts: np.ndarray

@@ -13,7 +13,7 @@ in degrees Celsius.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -176,8 +176,8 @@ class _Plan:
     traps: pd.DataFrame
 
 
-def simulate(spec: FleetSpec) -> SimulatedFleet:
-    """Simulate the whole fleet at once.
+def simulate(spec: FleetSpec, progress: Callable[[float], None] | None = None) -> SimulatedFleet:
+    """Simulate the whole fleet at once; ``progress`` gets the fraction done after each block.
 
     Besides the failures, ``spec.traps`` adds: a fleet-wide daily load peak, batch jobs pinning
     cpu near 100% for 30-90 min, pool-wide deploy blips, log-rotation sawtooth on disk, memory
@@ -191,8 +191,15 @@ def simulate(spec: FleetSpec) -> SimulatedFleet:
     ['cpu', 'disk']
     """
     plan = _plan(spec)
-    blocks = (_samples_frame(plan, *_render_block(plan, b)) for b in range(_n_blocks(spec)))
-    samples = pd.concat(blocks, ignore_index=True)  # arrow strings: chunks, not copies
+    n_blocks = _n_blocks(spec)
+
+    def render(b: int) -> pd.DataFrame:
+        frame = _samples_frame(plan, *_render_block(plan, b))
+        if progress is not None:
+            progress((b + 1) / n_blocks)
+        return frame
+
+    samples = pd.concat(map(render, range(n_blocks)), ignore_index=True)  # arrow: no copies
     return SimulatedFleet(samples, plan.events, plan.nodes, plan.traps, spec)
 
 

@@ -40,6 +40,7 @@ def stream_to_api(
     on_step: StepCallback | None = None,
     stop: threading.Event | None = None,
     max_batch: int = MAX_BATCH,
+    api_key: str | None = None,
 ) -> StreamStats:
     """Register the fleet's nodes, then send its samples and events as simulated time passes.
 
@@ -60,6 +61,9 @@ def stream_to_api(
         Set it to end the stream early (also interrupts waits and retries).
     max_batch
         Most samples per ``POST /v1/metrics``; a larger step is split.
+    api_key
+        Sent as ``Authorization: Bearer <key>``; registering nodes needs an admin key,
+        samples and events an ingest key.
 
     Returns
     -------
@@ -74,7 +78,7 @@ def stream_to_api(
     """
     stop = stop or threading.Event()
     own_client = client is None
-    sender = _Sender(client or httpx.Client(timeout=30.0), base_url.rstrip("/"), stop)
+    sender = _Sender(client or httpx.Client(timeout=30.0), base_url.rstrip("/"), stop, api_key)
     pending: list[pd.DataFrame] = []
     n_steps = n_samples = n_events = 0
 
@@ -120,18 +124,22 @@ def stream_to_api(
 class _Sender:
     """Sends JSON bodies, waiting out 503/429 answers for as long as it takes."""
 
-    def __init__(self, client: httpx.Client, base_url: str, stop: threading.Event) -> None:
+    def __init__(
+        self, client: httpx.Client, base_url: str, stop: threading.Event, api_key: str | None
+    ) -> None:
         self.client = client
         self.base_url = base_url
         self.stop = stop
         self.retries = 0
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
 
     def send(self, method: str, path: str, payload: dict) -> None:
         body = orjson.dumps(payload)
-        headers = {"Content-Type": "application/json"}
         while True:
             response = self.client.request(
-                method, self.base_url + path, content=body, headers=headers
+                method, self.base_url + path, content=body, headers=self.headers
             )
             if response.status_code not in _RETRY_STATUSES:
                 response.raise_for_status()

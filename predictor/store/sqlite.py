@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS node_state (
     node TEXT PRIMARY KEY, state TEXT NOT NULL, since REAL NOT NULL, action_id INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- API keys: only the sha256 of each key is kept; revoked is when it was revoked (NULL: live).
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL, revoked REAL
+);
 """
 
 NODE_FIELDS = ("pool", "lb_backend", "lb_server", "standby", "health_url", "labels")
@@ -256,6 +261,11 @@ class SQLiteStore:
             )
             return cursor.rowcount
 
+    def action_counts(self) -> dict[tuple[str, str], int]:
+        """How many audit-log entries there are per (action, status)."""
+        rows = self._query("SELECT action, status, count(*) FROM actions GROUP BY action, status")
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
     # -- meta --------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -268,6 +278,36 @@ class SQLiteStore:
                 " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
                 (key, value),
             )
+
+    # -- API keys ----------------------------------------------------------------------
+    def add_api_key(
+        self, *, name: str, scope: str, key_hash: str, created: float, only_if_none: bool = False
+    ) -> int | None:
+        """Store a key's hash; its id. ``only_if_none``: only into an empty table, else None."""
+        with self.transaction() as conn:
+            # Checked inside the write transaction, so two first starts make one key.
+            if only_if_none and conn.execute("SELECT count(*) FROM api_keys").fetchone()[0]:
+                return None
+            cursor = conn.execute(
+                "INSERT INTO api_keys (name, scope, hash, created) VALUES (?, ?, ?, ?)",
+                (name, scope, key_hash, created),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def api_keys(self, *, live_only: bool = False) -> list[dict[str, Any]]:
+        """Every key (oldest first) with its hash; ``live_only`` leaves revoked ones out."""
+        cols = ("id", "name", "scope", "hash", "created", "revoked")
+        where = " WHERE revoked IS NULL" if live_only else ""
+        rows = self._query(f"SELECT {', '.join(cols)} FROM api_keys{where} ORDER BY id")
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    def revoke_api_key(self, key_id: int, *, at: float) -> bool:
+        """Mark a key revoked (an earlier revocation time is kept); False if there is none."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE api_keys SET revoked = coalesce(revoked, ?) WHERE id = ?", (at, key_id)
+            )
+            return cursor.rowcount > 0
 
     def ping(self) -> bool:
         return bool(self._query("SELECT 1"))

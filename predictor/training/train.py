@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from predictor.training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 MAX_METRICS = 32
+# What train_and_register reports to its ``progress`` callback, in order.
+TRAIN_STAGES = ("features", "fit", "evaluate", "register")
 HOLDOUT_FRACTION = 0.25
 
 
@@ -121,13 +124,17 @@ def train(
     events: pd.DataFrame,
     settings: Settings,
     drains: pd.DataFrame | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[BatchModel, dict[str, Any], Snapshots, np.ndarray]:
     """Fit on the earlier 75% of the history, evaluate on the rest.
 
     Returns the model, its manifest fields, the snapshots and the holdout mask.
+    ``progress`` is called with each stage of :data:`TRAIN_STAGES` as it starts.
     """
+    stage = progress or (lambda name: None)
     if samples.empty:
         raise ValueError("no samples to train on")
+    stage("features")
     metrics = choose_metrics(samples)
     snaps = build_snapshots(
         samples, events, metrics=metrics, step_s=settings.train_step_s,
@@ -137,9 +144,11 @@ def train(
     split = np.quantile(snaps.ts, 1 - HOLDOUT_FRACTION)
     fit_rows = keep & (snaps.ts < split)
     holdout = keep & (snaps.ts >= split)
+    stage("fit")
     model = BatchModel(metrics, horizon_s=settings.horizon_s, seed=settings.seed).fit(
         snaps.X[fit_rows], snaps.y[fit_rows]
     )
+    stage("evaluate")
     manifest = {
         "training_range": [float(snaps.ts[fit_rows].min()), float(snaps.ts[fit_rows].max())],
         "holdout_range": [float(split), float(snaps.ts.max())],
@@ -157,21 +166,25 @@ def train_and_register(
     settings: Settings,
     drains: pd.DataFrame | None = None,
     promote: str = "always",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train, save a version, and promote it (``always`` or ``if_no_worse``).
 
     With ``if_no_worse`` the current model is evaluated on the *same* holdout and the new
     one is promoted only if its average precision is at least as good.
     """
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry.from_settings(settings)
     model, manifest, snaps, holdout = train(
-        samples=samples, events=events, settings=settings, drains=drains
+        samples=samples, events=events, settings=settings, drains=drains, progress=progress
     )
+    if progress:
+        progress("register")
     version = registry.save(model, manifest)
     new_ap = manifest["evaluation"].get("average_precision")
     report: dict[str, Any] = {"version": version, "evaluation": manifest["evaluation"]}
     promoted = True
-    current = registry.load_current() if promote == "if_no_worse" else None
+    # Compare with the model that actually serves (a refused current one does not).
+    current = registry.load_serving()[0] if promote == "if_no_worse" else None
     if current is not None:
         old_model, _ = current
         # The current model is scored on the new holdout through its own metric list.

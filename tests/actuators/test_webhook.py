@@ -196,12 +196,10 @@ def test_unreachable_server_is_retryable() -> None:
 
 
 def test_timeout_is_retryable(receiver: Receiver) -> None:
-    receiver.delay_s = 0.5
-    start = time.monotonic()
-    with pytest.raises(ActuatorError) as info:
+    receiver.delay_s = 1.0
+    with pytest.raises(ActuatorError, match="timed out|unreachable") as info:
         WebhookActuator(receiver.url, timeout_s=0.1).apply(request())
     assert info.value.final is False
-    assert time.monotonic() - start < 0.45
 
 
 def test_make_actuator(tmp_path: Path) -> None:

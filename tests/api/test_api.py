@@ -14,8 +14,8 @@ from predictor.service import Runtime
 
 
 @pytest.fixture
-def client(settings: Settings):
-    with TestClient(create_app(settings)) as c:
+def client(settings: Settings, dev_auth: dict[str, str]):
+    with TestClient(create_app(settings), headers=dev_auth) as c:
         yield c
 
 
@@ -56,9 +56,9 @@ def test_bad_batch_is_422_naming_samples_and_stores_nothing(client: TestClient) 
     assert client.post("/v1/metrics", content=b"{not json").status_code == 400
 
 
-def test_body_size_limit_is_413(settings: Settings) -> None:
+def test_body_size_limit_is_413(settings: Settings, dev_auth: dict[str, str]) -> None:
     small = settings.model_copy(update={"max_body_bytes": 100})
-    with TestClient(create_app(small)) as c:
+    with TestClient(create_app(small), headers=dev_auth) as c:
         r = c.post("/v1/metrics", content=b"x" * 500, headers={"content-type": "application/json"})
         assert r.status_code == 413
 
@@ -82,9 +82,9 @@ def test_events_are_recorded_and_validated(client: TestClient) -> None:
     assert client.post("/v1/events", json={"events": [wrong]}).status_code == 422
 
 
-def test_overload_is_503_with_retry_after(settings: Settings) -> None:
+def test_overload_is_503_with_retry_after(settings: Settings, dev_auth: dict[str, str]) -> None:
     tight = settings.model_copy(update={"max_unscored_rows": -1})
-    with TestClient(create_app(tight)) as c:
+    with TestClient(create_app(tight), headers=dev_auth) as c:
         r = c.post(
             "/v1/metrics",
             json={"samples": [{"node": "a", "metric": "m", "ts": time.time(), "value": 1}]},

@@ -40,3 +40,18 @@ def test_probe_records_up_down_and_latency_for_each_node() -> None:
     assert frame.loc["gone", "probe_up"] == 0.0  # refused connection: down, not a crash
     assert (frame["probe_latency_s"] >= 0).all()
     assert batch.ts.min() == batch.ts.max()
+
+
+def test_a_malformed_health_url_is_that_node_down_not_a_failed_round() -> None:
+    targets = {
+        "bracket": "http://[::1", "port": "http://a:b/", "newline": "http://a/\n",
+        "surrogate": "http://\ud800/", "gone": "http://127.0.0.1:9/",
+    }  # fmt: skip
+
+    async def run():
+        async with httpx.AsyncClient() as client:
+            return await probe_once(targets, client=client, timeout_s=2.0)
+
+    frame = asyncio.run(run()).to_frame().pivot(index="node", columns="metric", values="value")
+    assert set(frame.index) == set(targets)
+    assert (frame["probe_up"] == 0.0).all()

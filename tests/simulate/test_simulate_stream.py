@@ -26,6 +26,7 @@ class FakeApi:
     requests: list[tuple[str, str, dict]] = field(default_factory=list)
     rejected: int = 0
     url: str = ""
+    authorization: set[str | None] = field(default_factory=set)  # every header value seen
 
     def accepted(self, method: str, path: str) -> list[dict]:
         return [body for m, p, body in self.requests if m == method and p == path]
@@ -46,6 +47,7 @@ def api() -> Iterator[FakeApi]:
 
         def answer(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            fake.authorization.add(self.headers.get("Authorization"))
             if self.path == "/v1/metrics" and fake.busy > 0:
                 fake.busy -= 1
                 fake.rejected += 1
@@ -103,6 +105,15 @@ def test_streams_every_sample_and_event_through_503s(api: FakeApi) -> None:
 
     assert api.rejected == 3 and stats.retries == 3
     assert (stats.steps, stats.samples, stats.events) == (SPEC.n_steps, len(received), len(events))
+
+
+def test_sends_the_api_key_on_every_request_and_none_without_one(api: FakeApi) -> None:
+    spec = FleetSpec(nodes=2, pools=1, duration_s=600, seed=1, failure_rate_per_node_day=0)
+    stream_to_api(spec, base_url=api.url, api_key="pk_test")
+    assert api.authorization == {"Bearer pk_test"} and len(api.requests) > spec.nodes
+    api.authorization.clear()
+    stream_to_api(spec, base_url=api.url)
+    assert api.authorization == {None}
 
 
 def test_splits_steps_larger_than_a_batch(api: FakeApi) -> None:

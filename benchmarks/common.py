@@ -1,0 +1,198 @@
+"""Shared pieces of the benchmarks: synthetic fleets, a real server process, timing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+from predictor.ingest.batch import SampleBatch
+
+# The dev environment's API key (see the auth settings); harmless where auth is off.
+HEADERS = {"Authorization": "Bearer dev"}
+STEP_S = 10.0
+
+
+def node_names(n_nodes: int) -> np.ndarray:
+    return np.array([f"node-{i:06d}" for i in range(n_nodes)], dtype=object)
+
+
+def metric_names(n_metrics: int) -> np.ndarray:
+    return np.array([f"metric_{j:02d}" for j in range(n_metrics)], dtype=object)
+
+
+def fleet_step(
+    n_nodes: int, n_metrics: int, step: int, *, t0: float, rng: np.random.Generator
+) -> SampleBatch:
+    """One scrape of every node's every metric at ``t0 + step * STEP_S`` (jittered < 1 s).
+
+    Values are Gaussian noise around a per-series level, so the detectors do real work
+    (no shortcut for constant series) and the batch is in node-major order, as a scraper
+    would send it.
+    """
+    size = n_nodes * n_metrics
+    nodes = np.repeat(node_names(n_nodes), n_metrics)
+    metrics = np.tile(metric_names(n_metrics), n_nodes)
+    level = np.arange(size) % 97 * 0.1  # fixed per series
+    ts = t0 + step * STEP_S + rng.uniform(0.0, 1.0, size)
+    value = level + rng.normal(0.0, 1.0, size)
+    return SampleBatch.from_columns(nodes, metrics, ts, value)
+
+
+def json_bodies(batch: SampleBatch, per_request: int) -> list[bytes]:
+    """``POST /v1/metrics`` bodies of ``per_request`` samples each (encoded before timing)."""
+    bodies = []
+    for start in range(0, len(batch), per_request):
+        part = slice(start, start + per_request)
+        samples = [
+            {"node": n, "metric": m, "ts": t, "value": v}
+            for n, m, t, v in zip(
+                batch.node[part].tolist(),
+                batch.metric[part].tolist(),
+                batch.ts[part].tolist(),
+                batch.value[part].tolist(),
+                strict=True,
+            )
+        ]
+        bodies.append(orjson.dumps({"samples": samples}))
+    return bodies
+
+
+@dataclass
+class SendStats:
+    seconds: float
+    requests: int
+    retries: int
+
+
+def send_all(
+    base_url: str,
+    path: str,
+    bodies: list[bytes],
+    *,
+    headers: dict[str, str],
+    connections: int = 4,
+) -> SendStats:
+    """POST every body over ``connections`` keep-alive connections; 503s are retried."""
+    retries = 0
+
+    def worker(chunk: list[bytes]) -> int:
+        local_retries = 0
+        with httpx.Client(base_url=base_url, timeout=120.0, headers=HEADERS) as client:
+            for body in chunk:
+                while True:
+                    response = client.post(path, content=body, headers=headers)
+                    if response.status_code != 503:
+                        response.raise_for_status()
+                        break
+                    local_retries += 1
+                    time.sleep(float(response.headers.get("Retry-After", "1")))
+        return local_retries
+
+    chunks = [bodies[i::connections] for i in range(connections)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(connections) as pool:
+        retries = sum(pool.map(worker, chunks))
+    return SendStats(time.perf_counter() - started, len(bodies), retries)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running ``uvicorn`` process serving the predictor app."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=120.0, headers=HEADERS)
+
+    def lag_rows(self, client: httpx.Client) -> int:
+        return int(client.get("/readyz").json()["scoring_lag_rows"])
+
+    def wait_scored(self, client: httpx.Client, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until the scorer has caught up with the log; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.lag_rows(client) == 0:
+                return True
+            time.sleep(poll_s)
+        return False
+
+    def has_route(self, path: str) -> bool:
+        with self.client() as client:
+            spec = client.get("/openapi.json").json()
+        return path in spec.get("paths", {})
+
+
+@contextmanager
+def running_server(workdir: Path, **settings: str) -> Iterator[Server]:
+    """Start the API and scorer in a subprocess on a free port; stop it afterwards.
+
+    ``settings`` become ``PREDICTOR_<NAME>`` environment variables of the server.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREDICTOR_DB": str(workdir / "predictor.db"),
+        "PREDICTOR_MODELS_DIR": str(workdir / "models"),
+        "PREDICTOR_STATE_PATH": str(workdir / "state.joblib"),
+        **{f"PREDICTOR_{k.upper()}": v for k, v in settings.items()},
+    }
+    command = [
+        sys.executable, "-m", "uvicorn", "predictor.api.app:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env, cwd=workdir)
+    server = Server(f"http://127.0.0.1:{port}", process, workdir)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(server: Server, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}")
+        try:
+            if httpx.get(server.base_url + "/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "n": len(ms),
+    }

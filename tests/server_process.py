@@ -1,0 +1,101 @@
+"""Run `predictor serve` as a real process on loopback, for crash, load and shutdown tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+# The documented dev key: accepted in env=dev once API-key auth is on, ignored before it.
+DEV_AUTH = {"Authorization": "Bearer dev"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """One `python -m predictor.cli serve` child; ``env`` adds PREDICTOR_* settings."""
+
+    def __init__(self, tmp: Path, *, db: Path, env: dict[str, str] | None = None):
+        self.tmp, self.db = tmp, db
+        self.env = {
+            **os.environ,
+            "PREDICTOR_ENV": "dev",
+            "PREDICTOR_MODELS_DIR": str(tmp / "models"),
+            "PREDICTOR_PROBE_INTERVAL_S": "3600",
+            **(env or {}),
+        }
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, startup_timeout_s: float = 120.0) -> None:
+        """Start and wait until /readyz answers 200 (the scorer thread is running)."""
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "predictor.cli", "serve", "--port", str(self.port)]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "--db", str(self.db)], env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", headers=DEV_AUTH, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"server did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def ready(self) -> dict:
+        return httpx.get(f"{self.url}/readyz", headers=DEV_AUTH, timeout=10).json()
+
+    def wait_scored(self, timeout_s: float = 120.0) -> dict:
+        """Poll /readyz until the scorer has folded in every stored sample."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.ready()
+            if status.get("scoring_lag_rows") == 0:
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"scorer did not catch up: {status}")
+
+    def rss_kib(self) -> int:
+        """Resident set size of the server process, from /proc/<pid>/status."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS line")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, like a crash or the OOM killer."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def terminate(self, timeout_s: float = 120.0) -> int:
+        """SIGTERM and wait for the graceful shutdown; return the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
