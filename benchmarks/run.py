@@ -31,12 +31,12 @@ from benchmarks.training import bench_training
 Profile = dict[str, dict[str, Any]]
 
 FULL: Profile = {
-    "ingest": {"n_nodes": 10_000, "n_metrics": 20, "n_steps": 5},
+    "ingest": {"n_nodes": 10_000, "n_metrics": 20, "n_steps": 3},
     "scoring": {"n_nodes": 10_000, "n_metrics": 20, "warm_steps": 2, "steps": 4},
     "memory": {"sizes": ((1_000, 20), (10_000, 20), (100_000, 5))},
     "queries": {"n_nodes": 10_000, "n_metrics": 20, "n_steps": 3, "requests": 300},
     "training": {"sizes": (250_000, 1_000_000)},
-    "end_to_end": {"ladder": (2_000, 5_000, 10_000, 20_000), "big": 100_000},
+    "end_to_end": {"ladder": (2_000, 5_000, 10_000, 20_000), "big": 100_000, "big_intervals": 1},
 }
 QUICK: Profile = {
     "ingest": {"n_nodes": 500, "n_metrics": 20, "n_steps": 2},

@@ -53,6 +53,10 @@ class EngineState:
 
     series_ids: dict[tuple[str, str], int] = field(default_factory=dict)
     node_ids: dict[str, int] = field(default_factory=dict)
+    metric_ids: dict[str, int] = field(default_factory=dict)
+    # Series looked up by the packed key node_id << 32 | metric_id, kept sorted.
+    packed_sorted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    packed_key: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     series_node: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     series_metric: list[str] = field(default_factory=list)
     series_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -80,27 +84,59 @@ class ScoringEngine:
 
     # -- series bookkeeping ----------------------------------------------------------
     def _keys(self, batch: SampleBatch) -> tuple[np.ndarray, np.ndarray]:
-        """Dense series keys and node ids for every row, registering new ones."""
+        """Dense series keys and node ids for every row, registering new ones.
+
+        Strings are hashed once per distinct node and metric of the batch; series are then
+        found by an integer search, not a Python loop per (node, metric) pair.
+        """
         st = self.state
-        codes, uniques = pd.factorize(pd.MultiIndex.from_arrays([batch.node, batch.metric]))
-        unique_keys = np.empty(len(uniques), dtype=np.int64)
-        for i, (node, metric) in enumerate(uniques):
-            key = st.series_ids.get((node, metric))
-            if key is None:
-                key = len(st.series_ids)
-                st.series_ids[(node, metric)] = key
-                node_id = st.node_ids.setdefault(node, len(st.node_ids))
-                st.series_node = grow(st.series_node, key + 1)
-                st.series_node[key] = node_id
-                st.series_metric.append(metric)
-            unique_keys[i] = key
+        node_codes, node_uniques = pd.factorize(batch.node)
+        metric_codes, metric_uniques = pd.factorize(batch.metric)
+        node_id_of = np.array(
+            [st.node_ids.setdefault(n, len(st.node_ids)) for n in node_uniques.tolist()],
+            dtype=np.int64,
+        )
+        metric_id_of = np.array(
+            [st.metric_ids.setdefault(m, len(st.metric_ids)) for m in metric_uniques.tolist()],
+            dtype=np.int64,
+        )
+        packed = (node_id_of[node_codes] << 32) | metric_id_of[metric_codes]
+        pair_codes, pair_uniques = pd.factorize(packed)
+        pair_uniques = np.asarray(pair_uniques, dtype=np.int64)
+        pos = np.minimum(
+            np.searchsorted(st.packed_sorted, pair_uniques), max(len(st.packed_sorted) - 1, 0)
+        )
+        found = (
+            st.packed_sorted[pos] == pair_uniques
+            if len(st.packed_sorted)
+            else np.zeros(len(pair_uniques), dtype=bool)
+        )
+        unique_keys = np.empty(len(pair_uniques), dtype=np.int64)
+        unique_keys[found] = st.packed_key[pos[found]]
+        new = pair_uniques[~found]
+        if len(new):
+            start = len(st.series_ids)
+            new_keys = np.arange(start, start + len(new))
+            unique_keys[~found] = new_keys
+            node_names, metric_names = list(st.node_ids), list(st.metric_ids)
+            new_node, new_metric = new >> 32, new & 0xFFFFFFFF
+            for key, n_id, m_id in zip(
+                new_keys.tolist(), new_node.tolist(), new_metric.tolist(), strict=True
+            ):
+                st.series_ids[(node_names[n_id], metric_names[m_id])] = key
+                st.series_metric.append(metric_names[m_id])
+            st.series_node = grow(st.series_node, start + len(new))
+            st.series_node[start : start + len(new)] = new_node
+            packed_all = np.concatenate([st.packed_sorted, new])
+            keys_all = np.concatenate([st.packed_key, new_keys])
+            order = np.argsort(packed_all, kind="stable")
+            st.packed_sorted, st.packed_key = packed_all[order], keys_all[order]
         n_series, n_nodes = len(st.series_ids), len(st.node_ids)
-        st.series_node = st.series_node[: max(len(st.series_node), n_series)]
         st.series_score = grow(st.series_score, n_series)
         st.features.ensure(n_series)
         for name in ("node_ts", "node_risk", "node_risk_mean"):
             setattr(st, name, grow(getattr(st, name), n_nodes))
-        keys = unique_keys[codes]
+        keys = unique_keys[pair_codes]
         return keys, st.series_node[keys]
 
     # -- processing ------------------------------------------------------------------
@@ -247,19 +283,26 @@ class ScoringEngine:
         score = st.series_score[series]
         z = st.features.values_[series, _Z]
         order = np.lexsort((-np.abs(z), -score, local))
+        # Rank within each node in numpy, so only the top few per node reach Python.
+        ranked_local = local[order]
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = ranked_local[1:] != ranked_local[:-1]
+        index = np.arange(len(order))
+        rank = index - np.maximum.accumulate(np.where(starts, index, 0))
+        keep = order[rank < WHY_TOP]
+        top = series[keep]
         why: list[list[dict[str, Any]]] = [[] for _ in node_ids]
-        for s_index in order.tolist():
-            entries = why[local[s_index]]
-            if len(entries) < WHY_TOP:
-                s = int(series[s_index])
-                entries.append(
-                    {
-                        "metric": st.series_metric[s],
-                        "score": round(float(st.series_score[s]), 4),
-                        "z": round(float(st.features.values_[s, _Z]), 2),
-                        "value": float(st.features.values_[s, 0]),
-                    }
-                )
+        for node_row, s, s_score, s_z, value in zip(
+            local[keep].tolist(),
+            top.tolist(),
+            np.round(st.series_score[top], 4).tolist(),
+            np.round(st.features.values_[top, _Z], 2).tolist(),
+            st.features.values_[top, 0].tolist(),
+            strict=True,
+        ):
+            why[node_row].append(
+                {"metric": st.series_metric[s], "score": s_score, "z": s_z, "value": value}
+            )
         for i, p in enumerate(p_fail.tolist()):
             if p == p:  # not NaN
                 why[i].insert(0, {"metric": "failure_model", "score": round(p, 4)})
