@@ -135,8 +135,9 @@ def test_sigkill_loses_nothing_acknowledged_and_risk_resumes(tmp_path: Path) -> 
     present = acked.merge(stored.drop_duplicates(), on=keys, how="left", indicator=True)
     missing = present[present["_merge"] != "both"]
     assert missing.empty, f"{len(missing)} acknowledged samples lost:\n{missing.head()}"
-    # Unacknowledged batches were all resent, so the store holds nothing else.
-    assert len(stored.drop_duplicates()) == len(acked)
+    # Unacknowledged batches were all resent, so the store holds nothing else, and ingest
+    # is idempotent, so a batch committed before its 202 was lost is there once.
+    assert len(stored) == len(acked)
 
     # The same acknowledged samples, in the same order, through a run that never crashed.
     reference = Runtime.build(

@@ -20,6 +20,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     node TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL, value REAL NOT NULL
 );
+-- Idempotent ingest: a sample resent (a lost 202, a client retry) is stored once; the
+-- first value for a (node, metric, ts) wins.
+CREATE UNIQUE INDEX IF NOT EXISTS samples_series_ts ON samples (node, metric, ts);
 CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY, pool TEXT NOT NULL DEFAULT 'default', lb_backend TEXT,
     lb_server TEXT, standby TEXT, health_url TEXT, labels TEXT NOT NULL DEFAULT '{}'
@@ -120,7 +123,7 @@ class SQLiteStore:
             strict=True,
         )
         with self.transaction() as conn:
-            conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?)", rows)
             return int(conn.execute("SELECT max(rowid) FROM samples").fetchone()[0] or 0)
 
     def samples_after(self, rowid: int, limit: int) -> tuple[SampleBatch, int]:

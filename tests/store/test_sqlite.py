@@ -288,3 +288,18 @@ def test_concurrent_appends_from_separate_stores_on_one_file(db: Path) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_the_same_sample_twice_is_stored_once(tmp_path) -> None:
+    from predictor.ingest import SampleBatch
+    from predictor.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "p.db")
+    batch = SampleBatch.from_columns(["a", "a", "a"], ["cpu", "cpu", "mem"], [1.0, 1.0, 1.0],
+                                     [0.5, 0.9, 0.2])  # fmt: skip
+    store.append_samples(batch)
+    store.append_samples(batch)  # a client retry after a lost 202
+    frame = store.samples_frame()
+    assert len(frame) == 2
+    assert frame.loc[frame["metric"] == "cpu", "value"].tolist() == [0.5]  # first one wins
+    store.close()
