@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # Actuators
     actuator: Literal["log", "webhook", "haproxy", "kubernetes"] = "log"
     webhook_url: str | None = None
+    # Labels that name the node in Alertmanager alerts received on /v1/alertmanager.
+    alertmanager_node_labels: list[str] = ["node", "instance", "host"]
     actuator_timeout_s: float = 5.0
     actuator_retries: int = 3
     # HAProxy runtime API (admin level): a unix socket path or host:port

@@ -133,3 +133,28 @@ class Health(BaseModel):
 
 
 Kind = Literal["failure", "recovery", "maintenance"]
+
+
+class AlertmanagerAlert(BaseModel):
+    """One alert of an Alertmanager webhook (version 4); extra fields are ignored."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = {}
+    startsAt: str
+    endsAt: str = "0001-01-01T00:00:00Z"
+    fingerprint: str = Field(min_length=1, max_length=200)
+
+    @field_validator("startsAt", "endsAt")
+    @classmethod
+    def _rfc3339(cls, value: str) -> str:
+        parse_ts(value)
+        return value
+
+
+class AlertmanagerWebhook(BaseModel):
+    """Alertmanager's webhook body (``version: "4"``)."""
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    alerts: list[AlertmanagerAlert] = Field(max_length=10_000)

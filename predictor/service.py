@@ -17,7 +17,7 @@ from predictor.actuators import Actuator, make_actuator
 from predictor.auth import ensure_first_key
 from predictor.config import Settings
 from predictor.ingest import Limits, SampleBatch, parse_metrics_json
-from predictor.ingest.json_format import IngestError
+from predictor.ingest.json_format import IngestError, parse_ts
 from predictor.ingest.otlp import OtlpResult, decode_content, parse_otlp_metrics
 from predictor.ingest.remote_write import parse_remote_write
 from predictor.policy import DRAINED, Policy
@@ -189,6 +189,38 @@ def ingest_otlp(
 def record_events(*, runtime: Runtime, events: list[dict[str, Any]]) -> int:
     runtime.store.add_events(events)
     return len(events)
+
+
+def record_alertmanager(*, runtime: Runtime, payload: dict[str, Any]) -> int:
+    """Alertmanager webhook alerts as failure (firing) / recovery (resolved) events.
+
+    The node is the first of ``alertmanager_node_labels`` an alert carries; an alert with
+    none is skipped. Each (fingerprint, status, start) is recorded once, however often
+    Alertmanager re-sends it. Returns how many new events were stored.
+    """
+    events = []
+    for alert in payload.get("alerts", []):
+        labels = alert.get("labels") or {}
+        node = next(
+            (labels[k] for k in runtime.settings.alertmanager_node_labels if labels.get(k)), None
+        )
+        if node is None:
+            continue
+        resolved = alert.get("status") == "resolved"
+        stamp = alert.get("endsAt") if resolved else alert.get("startsAt")
+        summary = (alert.get("annotations") or {}).get("summary", "")
+        reason = f"alertmanager: {labels.get('alertname', 'alert')} {summary}".strip()
+        events.append(
+            {
+                "node": node,
+                "ts": parse_ts(stamp),
+                "kind": "recovery" if resolved else "failure",
+                "reason": reason[:1000],
+                "dedup_key": f"am:{alert['fingerprint']}:{alert.get('status')}:"
+                f"{alert.get('startsAt')}",
+            }
+        )
+    return runtime.store.add_events(events) if events else 0
 
 
 def put_node(*, runtime: Runtime, node: str, meta: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from predictor import service
 from predictor.api.deps import IngestCaller, RuntimeDep
-from predictor.schemas import Accepted, EventsIn, MetricsBatch
+from predictor.schemas import Accepted, AlertmanagerWebhook, EventsIn, MetricsBatch
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -51,3 +51,12 @@ def post_events(body: EventsIn, runtime: RuntimeDep, caller: IngestCaller) -> Ac
     """Failures, recoveries and maintenance: the labels for training and evaluation."""
     events = [e.model_dump() for e in body.events]
     return Accepted(accepted=service.record_events(runtime=runtime, events=events))
+
+
+@router.post("/alertmanager", status_code=202, response_model=Accepted)
+def post_alertmanager(
+    body: AlertmanagerWebhook, runtime: RuntimeDep, caller: IngestCaller
+) -> Accepted:
+    """Receive Alertmanager webhooks as failure/recovery events (deduplicated)."""
+    count = service.record_alertmanager(runtime=runtime, payload=body.model_dump())
+    return Accepted(accepted=count)

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, node TEXT NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    dedup_key TEXT UNIQUE  -- e.g. an Alertmanager fingerprint: a re-notification is one event
 );
 CREATE INDEX IF NOT EXISTS events_node_ts ON events (node, ts);
 -- One point per node evaluation; a replay after a crash rewrites the same points.
@@ -184,12 +185,19 @@ class SQLiteStore:
         return self.nodes().get(node)
 
     # -- events ------------------------------------------------------------------------
-    def add_events(self, events: list[dict[str, Any]]) -> None:
+    def add_events(self, events: list[dict[str, Any]]) -> int:
+        """Store events; one whose ``dedup_key`` is already stored is skipped. Returns new."""
         with self.transaction() as conn:
+            before = conn.total_changes
             conn.executemany(
-                "INSERT INTO events (node, ts, kind, reason) VALUES (?, ?, ?, ?)",
-                [(e["node"], e["ts"], e["kind"], e.get("reason", "")) for e in events],
+                "INSERT OR IGNORE INTO events (node, ts, kind, reason, dedup_key)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (e["node"], e["ts"], e["kind"], e.get("reason", ""), e.get("dedup_key"))
+                    for e in events
+                ],
             )
+            return conn.total_changes - before
 
     def events_frame(self) -> pd.DataFrame:
         with self._read_lock:
