@@ -83,27 +83,26 @@ class WhyItem(BaseModel):
     value: float | None = None
 
 
-class RiskOut(BaseModel):
-    node: str
+class RiskFields(BaseModel):
+    """One node evaluation (see the fusion in :mod:`predictor.scoring.engine`)."""
+
     ts: float
     risk: float
     online: float
     batch: float
     p_fail: float | None
     trend: float
+
+
+class RiskOut(RiskFields):
+    node: str
     why: list[WhyItem]
     staleness_s: float
     state: str
 
 
-class RiskPoint(BaseModel):
-    ts: float
-    risk: float
-    online: float
-    batch: float
-    p_fail: float | None
-    trend: float
-    why: str
+class RiskPoint(RiskFields):
+    why: str  # the stored JSON of the why list
 
 
 class ActionOut(BaseModel):

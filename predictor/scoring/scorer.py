@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import joblib
 import pandas as pd
 
 from predictor.policy import Policy
-from predictor.scoring.engine import ScoringEngine
+from predictor.scoring.engine import EngineState, ScoringEngine
 from predictor.store import Store
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,15 @@ class Scorer:
         """Load the last checkpoint if there is one."""
         if not self.checkpoint_path.exists():
             return False
-        state = joblib.load(self.checkpoint_path)
+        try:
+            state = joblib.load(self.checkpoint_path)
+            expected = {f.name for f in fields(EngineState)}
+            if not expected <= set(vars(state["engine"])):
+                raise ValueError("written by another version of the engine")
+        except Exception as exc:
+            # Unusable state is not lost data: the sample log replays from the start.
+            logger.warning("ignoring checkpoint %s (%s); replaying", self.checkpoint_path, exc)
+            return False
         self.engine.state = state["engine"]
         self.policy.import_state(state["policy"])
         self.latest = state["latest"]

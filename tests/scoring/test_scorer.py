@@ -88,3 +88,17 @@ def test_going_live_forgets_dry_run_drains(settings: Settings) -> None:
     live = Runtime.build(settings.model_copy(update={"dry_run": False}))
     assert live.store.node_states() == {}
     live.store.close()
+
+
+def test_an_unusable_checkpoint_is_ignored_and_the_log_replayed(settings: Settings) -> None:
+    runtime = Runtime.build(settings)
+    runtime.store.append_samples(SampleBatch.from_frame(history(20)))
+    runtime.scorer.drain_backlog()
+    expected = latest_risk(runtime)
+    runtime.store.close()
+    settings.checkpoint_path.write_bytes(b"not a checkpoint")
+    restarted = Runtime.build(settings)
+    assert restarted.scorer.scored_rowid == 0
+    restarted.scorer.drain_backlog()
+    assert latest_risk(restarted) == expected
+    restarted.store.close()
