@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE := data/sample
 DATA ?=
-LINT_PATHS := predictor tests $(wildcard benchmarks)
+LINT_PATHS := predictor tests notebooks $(wildcard benchmarks)
 
 .PHONY: install run serve train retrain simulate evaluate bench lint format test clean
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,14 +55,24 @@ def free_port() -> Callable[[], int]:
     return _free_port
 
 
-def _wait_until(check: Callable[[], Any], *, deadline_s: float = 60.0, what: str = "") -> Any:
+def _wait_until(
+    check: Callable[[], Any],
+    *,
+    deadline_s: float = 60.0,
+    what: str = "",
+    log: Path | None = None,
+) -> Any:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         result = check()
         if result is not None and result is not False:
             return result
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or check}")
+    # The tail of a real program's log usually says why it never got there.
+    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(
+        f"timed out waiting for {what or check}" + (f"; log:\n{tail}" if tail else "")
+    )
 
 
 @pytest.fixture

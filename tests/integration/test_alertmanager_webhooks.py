@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,17 +43,6 @@ def rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def wait_for(what: str, check: Callable[[], Any], log: Path) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        result = check()
-        if result is not None and result is not False:
-            return result
-        time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}; alertmanager log:\n{tail}")
-
-
 def webhook_notifications(client: httpx.Client) -> float:
     """How many webhook notifications Alertmanager has sent, from its own /metrics."""
     response = client.get("/metrics")
@@ -71,7 +59,11 @@ def webhook_notifications(client: httpx.Client) -> float:
     ALERTMANAGER is None, reason="no alertmanager (apt-get install prometheus-alertmanager)"
 )
 def test_real_alertmanager_webhooks_become_failure_and_recovery_events(
-    tmp_path: Path, settings: Settings, serve: Callable, free_port: Callable[[], int]
+    tmp_path: Path,
+    settings: Settings,
+    serve: Callable,
+    free_port: Callable[[], int],
+    wait_until: Callable[..., Any],
 ) -> None:
     app = create_app(settings)
     with serve(app) as base_url:
@@ -103,7 +95,7 @@ def test_real_alertmanager_webhooks_become_failure_and_recovery_events(
                 except httpx.TransportError:
                     return proc.poll() is not None  # it exited: stop waiting, fail below
 
-            wait_for("alertmanager to be ready", ready, log)
+            wait_until(ready, what="alertmanager to be ready", log=log, deadline_s=DEADLINE_S)
             assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
 
             started = datetime.now(UTC)
@@ -119,23 +111,34 @@ def test_real_alertmanager_webhooks_become_failure_and_recovery_events(
                 rows = frame[(frame.node == "web-1") & (frame.kind == kind)]
                 return rows if len(rows) else None
 
-            failures = wait_for("a failure event for web-1", lambda: events_of("failure"), log)
+            failures = wait_until(
+                lambda: events_of("failure"),
+                what="a failure event for web-1",
+                log=log,
+                deadline_s=DEADLINE_S,
+            )
             assert abs(failures.ts.iloc[0] - started.timestamp()) < 1.0
             assert "NodeDown" in failures.reason.iloc[0]
 
             # Alertmanager re-sends the still-firing alert; the service must not store it twice.
             first_sent = webhook_notifications(am)
-            wait_for(
-                "alertmanager to re-send the firing alert",
+            wait_until(
                 lambda: webhook_notifications(am) > first_sent,
-                log,
+                what="alertmanager to re-send the firing alert",
+                log=log,
+                deadline_s=DEADLINE_S,
             )
             assert len(events_of("failure")) == 1
 
             ended = datetime.now(UTC) - timedelta(seconds=1)
             resolved = {**alert, "endsAt": rfc3339(ended)}
             am.post("/api/v2/alerts", json=[resolved]).raise_for_status()
-            recoveries = wait_for("a recovery event for web-1", lambda: events_of("recovery"), log)
+            recoveries = wait_until(
+                lambda: events_of("recovery"),
+                what="a recovery event for web-1",
+                log=log,
+                deadline_s=DEADLINE_S,
+            )
             assert len(recoveries) == 1
             assert recoveries.ts.iloc[0] >= failures.ts.iloc[0]
             assert len(events_of("failure")) == 1

@@ -42,17 +42,6 @@ remote_write:
 """
 
 
-def wait_for(what: str, check: Callable[[], Any], log: Path) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        result = check()
-        if result is not None and result is not False:
-            return result
-        time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}; prometheus log:\n{tail}")
-
-
 @pytest.fixture
 def node_target() -> Iterator[tuple[str, Gauge, Any]]:
     """A node exporting one gauge, as any exporter would."""
@@ -72,6 +61,7 @@ def test_remote_write_from_real_prometheus_is_stored_and_scored(
     settings: Settings,
     serve: Callable,
     free_port: Callable[[], int],
+    wait_until: Callable[..., Any],
     node_target: tuple[str, Gauge, Any],
 ) -> None:
     target, _gauge, target_server = node_target
@@ -103,12 +93,19 @@ def test_remote_write_from_real_prometheus_is_stored_and_scored(
                 ]
                 return rows if len(rows) >= 2 else None
 
-            rows = wait_for("web-1's samples in the store", node_samples, log)
+            rows = wait_until(
+                node_samples, what="web-1's samples in the store", log=log, deadline_s=DEADLINE_S
+            )
             assert (rows.value == 42.5).all()
             # Milliseconds became seconds: the scrapes happened just now.
             assert (abs(rows.ts - time.time()) < 600).all()
 
-            risk = wait_for("web-1's risk", lambda: runtime.scorer.latest.get("web-1"), log)
+            risk = wait_until(
+                lambda: runtime.scorer.latest.get("web-1"),
+                what="web-1's risk",
+                log=log,
+                deadline_s=DEADLINE_S,
+            )
             assert 0.0 <= risk["risk"] <= 1.0
 
             # Prometheus scraped our own /metrics (up == 1 means it parsed the exposition).
@@ -117,7 +114,12 @@ def test_remote_write_from_real_prometheus_is_stored_and_scored(
                 up = frame[(frame.node == "predictor-self") & (frame.metric == "up")]
                 return bool(len(up)) and up.value.iloc[-1] == 1.0
 
-            wait_for("predictor's own scrape reported up", self_scrape_up, log)
+            wait_until(
+                self_scrape_up,
+                what="predictor's own scrape reported up",
+                log=log,
+                deadline_s=DEADLINE_S,
+            )
             telemetry = runtime.telemetry.registry
             sent = telemetry.get_sample_value(
                 "predictor_ingest_requests_total", {"format": "remote_write", "code": "204"}
@@ -135,7 +137,9 @@ def test_remote_write_from_real_prometheus_is_stored_and_scored(
                     {"format": "remote_write", "reason": "stale"},
                 )
 
-            assert wait_for("staleness markers", stale_seen, log) > 0
+            assert (
+                wait_until(stale_seen, what="staleness markers", log=log, deadline_s=DEADLINE_S) > 0
+            )
             stored = runtime.store.samples_frame()
             assert all(math.isfinite(v) for v in stored.value)
         finally:
