@@ -106,23 +106,15 @@ def score_drains(
     A drain counts for a failure when it falls in ``[failure - match_window_s, failure]``;
     a drain with no failure of its node in the ``match_window_s`` after it is false.
     """
-    failures = events[events["kind"] == "failure"].copy()
+    failures = failure_leads(drains=drains, events=events, match_window_s=match_window_s)
     per_mode: dict[str, dict[str, Any]] = {}
-    leads = []
-    failures["lead_s"] = np.nan
-    for idx, f in failures.iterrows():
-        mine = drains[(drains["node"] == f["node"]) & (drains["ts"] <= f["ts"])]
-        mine = mine[mine["ts"] >= f["ts"] - match_window_s]
-        if len(mine):
-            failures.loc[idx, "lead_s"] = f["ts"] - mine["ts"].min()
     false = 0
     for d in drains.itertuples():
         node_failures = failures[(failures["node"] == d.node) & (failures["ts"] >= d.ts)]
         if not (node_failures["ts"] <= d.ts + match_window_s).any():
             false += 1
     span_days = (samples.groupby("node")["ts"].agg(lambda s: s.max() - s.min()).sum()) / 86400
-    mode_col = failures["mode"] if "mode" in failures else pd.Series("all", index=failures.index)
-    for mode, group in failures.groupby(mode_col):
+    for mode, group in failures.groupby("mode"):
         caught = group["lead_s"].notna()
         per_mode[str(mode)] = {
             "failures": int(len(group)),
