@@ -68,16 +68,9 @@ def replay(
                     continue
                 store.append_samples(SampleBatch.from_frame(part))
                 batch, last = store.samples_after(scorer.scored_rowid, 10**9)
-                result = scorer.engine.process(batch)
-                scorer.engine.state.scored_rowid = last
-                # Same order as Scorer.step: risk to the policy after every chunk.
-                scorer._remember(result.risk)
-                scorer.policy.decide(
-                    result.risk,
-                    node_last_ts=scorer.engine.node_last_ts(),
-                    node_risk={n: r["risk"] for n, r in scorer.latest.items()},
-                )
-                risks.append(result.risk.drop(columns="why"))
+                # The live scorer's own step, minus the risk history nobody reads here.
+                risk = scorer.score(batch, position=last, keep_history=False)
+                risks.append(risk.drop(columns="why"))
                 if progress:
                     progress((i + 1) / (len(bounds) - 1))
             actions = pd.DataFrame(store.actions(limit=10**9))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 import joblib
 import pandas as pd
 
+from predictor.ingest.batch import SampleBatch
 from predictor.policy import Policy
 from predictor.scoring.engine import EngineState, ScoringEngine
 from predictor.store import Store
@@ -50,19 +52,27 @@ class Scorer:
         """Score the next chunk of the log; return how many samples it held."""
         with self.lock:
             batch, last = self.store.samples_after(self.scored_rowid, limit)
-            if not len(batch):
-                return 0
-            result = self.engine.process(batch)
-            if not result.risk.empty:
-                self.store.append_risk(result.risk)
-                self._remember(result.risk)
-                self.policy.decide(
-                    result.risk,
-                    node_last_ts=self.engine.node_last_ts(),
-                    node_risk={n: r["risk"] for n, r in self.latest.items()},
-                )
-            self.engine.state.scored_rowid = last
+            self.score(batch, position=last)
             return len(batch)
+
+    def score(self, batch: SampleBatch, *, position: int, keep_history: bool = True) -> pd.DataFrame:
+        """Fold one batch in, store its risk, let the policy decide; return the risk rows.
+
+        ``position`` is where the batch ends in the log it came from (the store's sample
+        log here, a stream partition in a scorer worker); it is saved with the state.
+        """
+        result = self.engine.process(batch)
+        if not result.risk.empty:
+            if keep_history:
+                self.store.append_risk(result.risk)
+            self._remember(result.risk)
+            self.policy.decide(
+                result.risk,
+                node_last_ts=self.engine.node_last_ts(),
+                node_risk={n: r["risk"] for n, r in self.latest.items()},
+            )
+        self.engine.state.scored_rowid = position
+        return result.risk
 
     def drain_backlog(self, limit: int = 200_000) -> int:
         """Score until the log is exhausted; return the samples scored."""
@@ -78,38 +88,51 @@ class Scorer:
         self.latest = latest  # swapped whole: readers never see a half-updated dict
 
     # -- checkpoints -------------------------------------------------------------------
-    def checkpoint(self) -> None:
-        """Save engine and policy state atomically (write, fsync, rename)."""
+    def snapshot(self) -> bytes:
+        """Engine and policy state, and the log position they cover, as bytes."""
         with self.lock:
             state = {
                 "engine": self.engine.state,
                 "policy": self.policy.export_state(),
                 "latest": self.latest,
             }
-            path = self.checkpoint_path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            joblib.dump(state, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            buffer = io.BytesIO()
+            joblib.dump(state, buffer)
+            return buffer.getvalue()
+
+    def load_snapshot(self, data: bytes) -> None:
+        """Restore what :meth:`snapshot` saved; ValueError if it cannot be used."""
+        state = joblib.load(io.BytesIO(data))
+        expected = {f.name for f in fields(EngineState)}
+        if not expected <= set(vars(state["engine"])):
+            raise ValueError("written by another version of the engine")
+        with self.lock:
+            self.engine.state = state["engine"]
+            self.policy.import_state(state["policy"])
+            self.latest = state["latest"]
+
+    def checkpoint(self) -> None:
+        """Save the snapshot atomically to the checkpoint file (write, fsync, rename)."""
+        data = self.snapshot()
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
     def restore(self) -> bool:
         """Load the last checkpoint if there is one."""
         if not self.checkpoint_path.exists():
             return False
         try:
-            state = joblib.load(self.checkpoint_path)
-            expected = {f.name for f in fields(EngineState)}
-            if not expected <= set(vars(state["engine"])):
-                raise ValueError("written by another version of the engine")
+            self.load_snapshot(self.checkpoint_path.read_bytes())
         except Exception as exc:
             # Unusable state is not lost data: the sample log replays from the start.
             logger.warning("ignoring checkpoint %s (%s); replaying", self.checkpoint_path, exc)
             return False
-        self.engine.state = state["engine"]
-        self.policy.import_state(state["policy"])
-        self.latest = state["latest"]
         logger.info("restored online state at sample %d", self.scored_rowid)
         return True
 
