@@ -54,15 +54,24 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (PREDICTOR_PORT)")] = None,
     db: DbOption = None,
     models_dir: ModelsOption = None,
+    role: Annotated[
+        str | None,
+        typer.Option(help="all (API + scorer), api (to the stream) or worker (PREDICTOR_ROLE)"),
+    ] = None,
 ) -> None:
-    """Run the API and the scorer."""
+    """Run the API and the scorer (or, scaled out, an API replica or a scorer worker)."""
     import uvicorn
 
     from predictor.api import create_app
     from predictor.logging_setup import configure_logging
 
-    settings = _settings(host=host, port=port, db=db, models_dir=models_dir)
+    settings = _settings(host=host, port=port, db=db, models_dir=models_dir, role=role)
     configure_logging(json_lines=settings.log_json)
+    if settings.role == "worker":
+        from predictor.scoring.worker import run_worker
+
+        run_worker(settings)
+        return
     logging.getLogger("predictor.cli").info(
         "serving on %s:%d", settings.host, settings.port,
         extra={"host": settings.host, "port": settings.port, "db": str(settings.db)},

@@ -81,6 +81,21 @@ class Settings(BaseSettings):
     k8s_evict_deadline_s: float = 300.0  # wall-clock: how long PDBs may hold up a drain
     k8s_evict_backoff_s: float = 1.0  # first wait after a 429; doubles up to 10 s
 
+    # Scale-out (see README "Scaling out"): "all" is one process with the embedded scorer;
+    # "api" replicas publish to the stream, "worker"s own partitions of it.
+    role: Literal["all", "api", "worker"] = "all"
+    nats_url: str | None = None  # e.g. nats://127.0.0.1:4222; required by the api/worker roles
+    stream_name: str = "predictor-samples"
+    stream_subject: str = "predictor.samples"  # partition p is published to <subject>.<p>
+    stream_partitions: int = Field(default=16, ge=1)  # fixed for a stream's lifetime
+    stream_max_bytes: int = 50 * 1024**3  # full: ingest answers 503, nothing old is dropped
+    stream_max_age_s: float = 7 * 86400.0  # must exceed the longest worker outage
+    stream_duplicate_window_s: float = 120.0  # a resent batch inside it is stored once
+    publish_timeout_s: float = 10.0
+    worker_id: str | None = None  # defaults to <hostname>-<pid>
+    lease_ttl_s: float = 10.0  # a dead worker's partitions are taken over after this
+    worker_fetch_messages: int = 256  # stream messages fetched per partition and step
+
     # Health checks
     probe_interval_s: float = 10.0
     probe_timeout_s: float = 2.0

@@ -24,6 +24,7 @@ from predictor.policy import DRAINED, Policy
 from predictor.scoring import ScoringEngine
 from predictor.scoring.scorer import Scorer, ScorerThread
 from predictor.store import Store
+from predictor.stream import Publisher, StreamError
 from predictor.telemetry import Telemetry
 from predictor.training import ModelRegistry
 
@@ -32,21 +33,26 @@ EVENT_KINDS = ("failure", "recovery", "maintenance")
 
 
 class Overloaded(Exception):
-    """The scorer is too far behind; the client should retry later (503)."""
+    """The service cannot take more now; the client should retry later (503)."""
 
-    def __init__(self, retry_after_s: int):
-        super().__init__(f"scoring backlog is full; retry in {retry_after_s}s")
+    def __init__(self, retry_after_s: int, why: str = "scoring backlog is full"):
+        super().__init__(f"{why}; retry in {retry_after_s}s")
         self.retry_after_s = retry_after_s
 
 
 @dataclass
 class Runtime:
-    """Everything one running service holds."""
+    """Everything one running service holds.
+
+    In the ``api`` role of the scale-out mode there is no scorer: batches go to the
+    stream's ``publisher`` and risk is read from the shared store.
+    """
 
     settings: Settings
     store: Store
-    scorer: Scorer
+    scorer: Scorer | None
     registry: ModelRegistry
+    publisher: Publisher | None = None
     model_version: str | None = None
     thread: ScorerThread | None = None
     started: float = field(default_factory=time.time)
@@ -65,6 +71,15 @@ class Runtime:
         registry = ModelRegistry.from_settings(settings)
         store = Store(settings.db)
         ensure_first_key(store=store, settings=settings)  # prod's first start: admin key
+        if settings.role == "api":
+            if not settings.nats_url:
+                raise ValueError("role api publishes to the stream: set PREDICTOR_NATS_URL")
+            return cls(
+                settings=settings, store=store, scorer=None, registry=registry,
+                publisher=Publisher(settings),
+            )  # fmt: skip
+        if settings.role != "all":
+            raise ValueError(f"role {settings.role} has no API: use `predictor serve`")
         if not settings.dry_run:
             store.clear_dry_run_states()
         model, version = None, None
@@ -91,6 +106,10 @@ class Runtime:
         )  # fmt: skip
 
     def start(self) -> None:
+        if self.publisher is not None:
+            self.publisher.start()
+            return
+        assert self.scorer is not None
         self.thread = ScorerThread(
             self.scorer,
             checkpoint_every_s=self.settings.checkpoint_every_s,
@@ -102,6 +121,8 @@ class Runtime:
         if self.thread is not None:
             self.thread.stop()
             self.thread = None
+        if self.publisher is not None:
+            self.publisher.close()
         self.store.close()
 
     def notify(self) -> None:
@@ -130,6 +151,15 @@ def ingest_samples(*, runtime: Runtime, batch: SampleBatch, fmt: str = "json") -
 
     ``fmt`` names the wire format it came in (for the ingest counters).
     """
+    if runtime.publisher is not None:
+        if len(batch):
+            try:
+                runtime.publisher.publish(batch)
+            except StreamError as exc:
+                raise Overloaded(retry_after_s=1, why=str(exc)) from exc
+            runtime.telemetry.record_ingest(fmt, count=len(batch), newest_ts=float(batch.ts.max()))
+        return len(batch)
+    assert runtime.scorer is not None
     lag = runtime.scorer.lag_rows()
     if lag > runtime.settings.max_unscored_rows:
         raise Overloaded(retry_after_s=max(1, math.ceil(lag / 200_000)))
@@ -246,6 +276,8 @@ def _risk_view(row: dict[str, Any], state: dict[str, Any] | None, now: float) ->
 
 
 def fleet_risk(*, runtime: Runtime, top: int) -> list[dict[str, Any]]:
+    if runtime.scorer is None:
+        return _stored_risk(runtime=runtime, top=top)
     latest = runtime.scorer.latest
     now = runtime.scorer.engine.fleet_now()
     states = runtime.store.node_states()
@@ -253,7 +285,17 @@ def fleet_risk(*, runtime: Runtime, top: int) -> list[dict[str, Any]]:
     return [_risk_view(r, states.get(r["node"]), now) for r in rows]
 
 
+def _stored_risk(*, runtime: Runtime, **which: Any) -> list[dict[str, Any]]:
+    """Latest risk as the workers stored it (the api role has no scorer of its own)."""
+    rows = runtime.store.latest_risk(**which)
+    now = max((r["ts"] for r in rows), default=0.0)
+    states = runtime.store.node_states()
+    return [_risk_view(r, states.get(r["node"]), now) for r in rows]
+
+
 def node_risk(*, runtime: Runtime, node: str) -> dict[str, Any] | None:
+    if runtime.scorer is None:
+        return next(iter(_stored_risk(runtime=runtime, node=node)), None)
     row = runtime.scorer.latest.get(node)
     if row is None:
         return None
@@ -271,6 +313,15 @@ def undrain_node(*, runtime: Runtime, node: str, reason: str) -> dict[str, Any]:
     state = runtime.store.node_states().get(node)
     if not state or state["state"] != DRAINED:
         raise LookupError(f"node {node} is not drained")
+    if runtime.scorer is None:
+        # The owning worker learns it from the node's state, as after any manual undrain.
+        policy = Policy(
+            settings=runtime.settings, store=runtime.store, actuator=make_actuator(runtime.settings)
+        )
+        latest = runtime.store.latest_risk(node=node)
+        return policy.undrain(
+            node, reason=f"manual: {reason}", ts=latest[0]["ts"] if latest else state["since"]
+        )
     with runtime.scorer.lock:
         return runtime.scorer.policy.undrain(
             node, reason=f"manual: {reason}", ts=runtime.scorer.engine.fleet_now()
@@ -278,12 +329,29 @@ def undrain_node(*, runtime: Runtime, node: str, reason: str) -> dict[str, Any]:
 
 
 def health(*, runtime: Runtime) -> dict[str, Any]:
+    """What /readyz reports; ``ready`` when this role can do its work."""
+    store_ok = runtime.store.ping()
+    if runtime.publisher is not None:
+        leases = runtime.store.leases()
+        return {
+            "ready": store_ok and runtime.publisher.connected,
+            "role": "api",
+            "store": store_ok,
+            "stream_connected": runtime.publisher.connected,
+            "partitions": runtime.settings.stream_partitions,
+            "partitions_owned": sum(lease["expires_in_s"] > 0 for lease in leases),
+            "workers": sorted({lease["worker"] for lease in leases if lease["expires_in_s"] > 0}),
+        }
+    assert runtime.scorer is not None
+    alive = runtime.thread is not None and runtime.thread.is_alive()
     return {
-        "store": runtime.store.ping(),
+        "ready": store_ok and alive,
+        "role": "all",
+        "store": store_ok,
         "model": runtime.model_version,
         "model_refused": runtime.model_refused,
         "scoring_lag_rows": runtime.scorer.lag_rows(),
-        "scorer_alive": runtime.thread is not None and runtime.thread.is_alive(),
+        "scorer_alive": alive,
     }
 
 

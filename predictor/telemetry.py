@@ -77,6 +77,9 @@ class RuntimeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
+        yield from self._actions_and_risk(rt)
+        if rt.scorer is None:  # an api replica: the workers' lag is the stream's to report
+            return
         lag_rows = rt.scorer.lag_rows()
         scored_until = rt.scorer.engine.fleet_now()
         yield GaugeMetricFamily(
@@ -104,6 +107,7 @@ class RuntimeCollector(Collector):
         info.add_metric([rt.model_version or "none"], 1.0)
         yield info
 
+    def _actions_and_risk(self, rt: Runtime) -> Iterator[Metric]:
         actions = CounterMetricFamily(
             "predictor_actions",
             "Policy decisions in the audit log, by action and status (dry-run, done, ...).",
@@ -118,7 +122,8 @@ class RuntimeCollector(Collector):
             "predictor_node_risk", "Each node's latest fused risk in [0, 1].",
             labels=["node", "pool"],
         )  # fmt: skip
-        for node, row in sorted(rt.scorer.latest.items()):
-            pool = (nodes.get(node) or {}).get("pool") or "default"
-            risk.add_metric([node, pool], float(row["risk"]))
+        latest = rt.scorer.latest.values() if rt.scorer else rt.store.latest_risk()
+        for row in sorted(latest, key=lambda r: r["node"]):
+            pool = (nodes.get(row["node"]) or {}).get("pool") or "default"
+            risk.add_metric([row["node"], pool], float(row["risk"]))
         yield risk

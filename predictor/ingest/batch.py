@@ -39,6 +39,17 @@ class SampleBatch:
     def empty(cls) -> SampleBatch:
         return cls.from_columns([], [], [], [])
 
+    @classmethod
+    def concat(cls, batches: list[SampleBatch]) -> SampleBatch:
+        if not batches:
+            return cls.empty()
+        return cls(
+            node=np.concatenate([b.node for b in batches]),
+            metric=np.concatenate([b.metric for b in batches]),
+            ts=np.concatenate([b.ts for b in batches]),
+            value=np.concatenate([b.value for b in batches]),
+        )
+
     def __len__(self) -> int:
         return len(self.ts)
 

@@ -32,7 +32,12 @@ class Scorer:
     """
 
     def __init__(
-        self, *, store: Store, engine: ScoringEngine, policy: Policy, checkpoint_path: Path
+        self,
+        *,
+        store: Store,
+        engine: ScoringEngine,
+        policy: Policy,
+        checkpoint_path: Path | None = None,  # None: the caller keeps the snapshots
     ):
         self.store = store
         self.engine = engine
@@ -55,7 +60,9 @@ class Scorer:
             self.score(batch, position=last)
             return len(batch)
 
-    def score(self, batch: SampleBatch, *, position: int, keep_history: bool = True) -> pd.DataFrame:
+    def score(
+        self, batch: SampleBatch, *, position: int, keep_history: bool = True
+    ) -> pd.DataFrame:
         """Fold one batch in, store its risk, let the policy decide; return the risk rows.
 
         ``position`` is where the batch ends in the log it came from (the store's sample
@@ -113,8 +120,9 @@ class Scorer:
 
     def checkpoint(self) -> None:
         """Save the snapshot atomically to the checkpoint file (write, fsync, rename)."""
-        data = self.snapshot()
         path = self.checkpoint_path
+        assert path is not None, "this scorer has no checkpoint file"
+        data = self.snapshot()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         with open(tmp, "wb") as fh:
@@ -125,7 +133,7 @@ class Scorer:
 
     def restore(self) -> bool:
         """Load the last checkpoint if there is one."""
-        if not self.checkpoint_path.exists():
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return False
         try:
             self.load_snapshot(self.checkpoint_path.read_bytes())
