@@ -23,10 +23,21 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One `python -m predictor.cli serve` child; ``env`` adds PREDICTOR_* settings."""
+    """One `python -m predictor.cli serve` child; ``env`` adds PREDICTOR_* settings.
 
-    def __init__(self, tmp: Path, *, db: Path, env: dict[str, str] | None = None):
-        self.tmp, self.db = tmp, db
+    ``role="worker"`` runs a scorer worker of the scale-out mode (no HTTP port).
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        db: Path,
+        env: dict[str, str] | None = None,
+        role: str = "all",
+        name: str = "server",
+    ):
+        self.tmp, self.db, self.role = tmp, db, role
         self.env = {
             **os.environ,
             "PREDICTOR_ENV": "dev",
@@ -36,7 +47,7 @@ class ServerProcess:
         }
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tmp / "server.log"
+        self.log = tmp / f"{name}.log"
 
     @property
     def url(self) -> str:
@@ -53,8 +64,11 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "predictor.cli", "serve", "--port", str(self.port)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*cmd, "--db", str(self.db)], env=self.env, stdout=log, stderr=log
-            )
+                [*cmd, "--db", str(self.db), "--role", self.role],
+                env=self.env, stdout=log, stderr=log,
+            )  # fmt: skip
+        if self.role == "worker":
+            return  # no HTTP: the test watches its leases in the store
         deadline = time.monotonic() + startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
