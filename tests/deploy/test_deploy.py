@@ -81,3 +81,15 @@ def test_dashboard_is_valid_and_charts_our_metrics(exposed: set[str]) -> None:
         "predictor_actions_total",
     }
     assert wanted <= used, wanted - used
+
+
+def test_systemd_example_names_only_real_settings_and_roles() -> None:
+    systemd = ROOT / "deploy" / "systemd"
+    text = "\n".join(p.read_text() for p in sorted(systemd.iterdir()))
+    names = set(re.findall(r"\bPREDICTOR_([A-Z0-9_]+)=", text))
+    assert {"DATABASE_URL", "NATS_URL", "WORKER_ID"} <= names
+    unknown = {n for n in names if n.lower() not in Settings.model_fields}
+    assert not unknown, f"not settings: {unknown}"
+    roles = set(re.findall(r"--role (\w+)", text))
+    assert roles == {"api", "worker"}
+    assert roles <= set(Settings.model_fields["role"].annotation.__args__)  # type: ignore[union-attr]
