@@ -31,7 +31,10 @@ keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=T
 app.add_typer(keys_app, name="keys")
 console = Console()
 
-DbOption = Annotated[Path | None, typer.Option(help="SQLite store (PREDICTOR_DB)")]
+DbOption = Annotated[
+    Path | None,
+    typer.Option(help="SQLite store file (PREDICTOR_DB); wins over PREDICTOR_DATABASE_URL"),
+]
 ModelsOption = Annotated[Path | None, typer.Option(help="Model directory (PREDICTOR_MODELS_DIR)")]
 
 
@@ -45,7 +48,10 @@ def _progress(*, disable: bool = False) -> Progress:
 
 def _settings(**overrides: Any) -> Settings:
     """Settings from the environment, with the command line's options on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("db") is not None:  # an explicit --db names the SQLite file to use
+        settings = settings.model_copy(update={"database_url": None})
+    return settings
 
 
 @app.command()
@@ -99,9 +105,9 @@ def load_history(
             pd.DataFrame(columns=["node", "ts", "kind"]),
             pd.DataFrame(columns=["node", "ts"]),
         )
-    from predictor.store import Store
+    from predictor.store import open_store
 
-    store = Store(settings.db)
+    store = open_store(settings)
     try:
         actions = pd.DataFrame(store.actions(limit=1_000_000))
         drains = (
@@ -333,11 +339,11 @@ def keys_create(
 ) -> None:
     """Create an API key and print it: the only time it is shown (only its hash is kept)."""
     from predictor.auth import SCOPES, create_key
-    from predictor.store import Store
+    from predictor.store import open_store
 
     if scope not in SCOPES:
         raise typer.BadParameter(f"one of {', '.join(SCOPES)}", param_hint="--scope")
-    store = Store(_settings(db=db).db)
+    store = open_store(_settings(db=db))
     try:
         key, record = create_key(store=store, scope=scope, name=name)  # type: ignore[arg-type]
     finally:
@@ -353,9 +359,9 @@ def keys_create(
 def keys_list(db: DbOption = None) -> None:
     """Every API key: id, name, scope, created, revoked (never the key itself)."""
     from predictor.auth import list_keys
-    from predictor.store import Store
+    from predictor.store import open_store
 
-    store = Store(_settings(db=db).db)
+    store = open_store(_settings(db=db))
     try:
         keys = list_keys(store=store)
     finally:
@@ -372,9 +378,9 @@ def keys_list(db: DbOption = None) -> None:
 def keys_revoke(key_id: Annotated[int, typer.Argument(metavar="ID")], db: DbOption = None) -> None:
     """Revoke key ID; a running service refuses it from its next request on."""
     from predictor.auth import revoke_key
-    from predictor.store import Store
+    from predictor.store import open_store
 
-    store = Store(_settings(db=db).db)
+    store = open_store(_settings(db=db))
     try:
         revoke_key(store=store, key_id=key_id)
     except LookupError as exc:

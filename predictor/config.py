@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     db: Path = Path("data/predictor.db")
+    # postgresql://user@host:port/dbname shares one store between processes; unset: the
+    # SQLite file at `db` (sqlite:///path is also accepted).
+    database_url: str | None = None
     models_dir: Path = Path("models")
     state_path: Path | None = Field(
         default=None, description="Online-state checkpoint; defaults to <db>.state.joblib"
@@ -110,6 +113,13 @@ class Settings(BaseSettings):
     # Access (API keys live hashed in the store; see predictor/auth.py)
     # A documented admin key for local work, accepted only when env == "dev"; "" turns it off.
     dev_api_key: str | None = "dev"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str | None) -> str | None:
+        from predictor.store import check_database_url
+
+        return check_database_url(url) if url else None
 
     @property
     def checkpoint_path(self) -> Path:

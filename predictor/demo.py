@@ -17,7 +17,7 @@ from rich.table import Table
 from predictor.api import create_app
 from predictor.auth import create_key, dev_key_in_force
 from predictor.config import Settings
-from predictor.store import Store
+from predictor.store import open_store
 
 DAY_S = 86_400.0
 
@@ -34,7 +34,7 @@ def _demo_key(settings: Settings) -> str:
     """The dev key in dev; otherwise a new admin key in the demo's own fresh store."""
     if dev_key_in_force(settings) and settings.dev_api_key:
         return settings.dev_api_key
-    store = Store(settings.db)
+    store = open_store(settings)
     try:
         return create_key(store=store, scope="admin", name="demo")[0]
     finally:

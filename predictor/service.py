@@ -23,8 +23,8 @@ from predictor.ingest.remote_write import parse_remote_write
 from predictor.policy import DRAINED, Policy
 from predictor.scoring import ScoringEngine
 from predictor.scoring.scorer import Scorer, ScorerThread
-from predictor.store import Store
 from predictor.stream import Publisher, StreamError
+from predictor.store import Store, open_store
 from predictor.telemetry import Telemetry
 from predictor.training import ModelRegistry
 
@@ -69,7 +69,7 @@ class Runtime:
     def build(cls, settings: Settings, *, actuator: Actuator | None = None) -> Runtime:
         # Raises in prod without a model signing key: refuse to start rather than trust models.
         registry = ModelRegistry.from_settings(settings)
-        store = Store(settings.db)
+        store = open_store(settings)
         ensure_first_key(store=store, settings=settings)  # prod's first start: admin key
         if settings.role == "api":
             if not settings.nats_url:

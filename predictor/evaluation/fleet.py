@@ -23,7 +23,7 @@ from predictor.ingest.batch import SampleBatch
 from predictor.policy import Policy
 from predictor.scoring import ScoringEngine
 from predictor.scoring.scorer import Scorer
-from predictor.store import Store
+from predictor.store import SQLiteStore
 from predictor.training.model import BatchModel
 
 DRAIN_ACTIONS = ("drain", "failover")
@@ -47,7 +47,7 @@ def replay(
     """Run samples through store, scorer and a dry-run policy; return actions and risk."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = settings.model_copy(update={"db": Path(tmp) / "replay.db", "dry_run": True})
-        store = Store(cfg.db)
+        store = SQLiteStore(cfg.db)  # a scratch replay, whatever the service uses
         try:
             if nodes is not None:
                 for row in nodes.to_dict("records"):

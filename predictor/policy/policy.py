@@ -163,6 +163,11 @@ class Policy:
         standby = meta.get("standby")
         action = "failover" if standby else "drain"
         with self.store.transaction() as conn:
+            # Another worker (or this one, replaying after a crash) drained it since this
+            # decision's view was read: a node is never drained twice.
+            state = conn.execute("SELECT state FROM node_state WHERE node = ?", (node,)).fetchone()
+            if state is not None and state[0] == DRAINED:
+                return None
             # The budget is checked and taken in one write transaction, so two deciders
             # can never both take the last slot of a pool.
             if blocked is None:
@@ -180,7 +185,9 @@ class Policy:
                 conn, ts, node, meta, action, reason, risk, status=status, dry_run=s.dry_run
             )
             conn.execute(
-                "INSERT OR REPLACE INTO node_state VALUES (?, ?, ?, ?)",
+                "INSERT INTO node_state (node, state, since, action_id) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET state = excluded.state,"
+                " since = excluded.since, action_id = excluded.action_id",
                 (node, DRAINED, ts, recorded["id"]),
             )
         track.last_action_ts = ts
@@ -328,11 +335,11 @@ def _insert_action(
     wall = time.time()
     cursor = conn.execute(
         "INSERT INTO actions (ts, node, pool, action, reason, risk, executed, dry_run, status,"
-        " detail, wall_ts) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, '', ?)",
+        " detail, wall_ts) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, '', ?) RETURNING id",
         (ts, node, pool, action, reason, risk_value, int(dry_run), status, wall),
     )
     return {
-        "id": cursor.lastrowid, "ts": ts, "node": node, "pool": pool, "action": action,
+        "id": int(cursor.fetchone()[0]), "ts": ts, "node": node, "pool": pool, "action": action,
         "reason": reason, "risk": risk_value, "executed": False, "dry_run": dry_run,
         "status": status, "detail": "", "wall_ts": wall,
     }  # fmt: skip

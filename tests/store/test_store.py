@@ -1,4 +1,6 @@
-"""The embedded SQLite store: ordering, durability, upserts, pragmas, concurrency."""
+"""The store on both backends (SQLite file, PostgreSQL database): ordering, durability,
+upserts, migrations, leases and checkpoints, concurrency. ``store`` and ``store_url`` come
+from tests/conftest.py, once per backend."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import pandas as pd
 import pytest
 
 from predictor.ingest import SampleBatch
-from predictor.store import SQLiteStore, Store
+from predictor.store import SQLiteStore, Store, open_store, store_for_url
+from predictor.store.migrations import MIGRATIONS, SQLITE
 
 
 @pytest.fixture
@@ -21,7 +24,7 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db: Path) -> Iterator[SQLiteStore]:
+def sqlite_store(db: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(db)
     yield s
     s.close()
@@ -48,14 +51,14 @@ def risk_rows(*rows: tuple[str, float, float]) -> pd.DataFrame:
 
 
 # -- samples -----------------------------------------------------------------------------
-def test_store_alias_and_parent_dir_created(store: SQLiteStore, db: Path) -> None:
-    assert Store is SQLiteStore
+def test_parent_dir_created(sqlite_store: SQLiteStore, db: Path) -> None:
+    assert isinstance(sqlite_store, Store)
     assert db.exists()
-    assert store.ping()
+    assert sqlite_store.ping()
 
 
 def test_append_returns_last_rowid_and_samples_after_follows_ingest_order(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     assert store.last_sample_rowid() == 0
     assert store.append_samples(batch("a", 3, start=100)) == 3
@@ -78,14 +81,14 @@ def test_append_returns_last_rowid_and_samples_after_follows_ingest_order(
     assert (len(none), last) == (0, 5)
 
 
-def test_empty_append_keeps_rowid(store: SQLiteStore) -> None:
+def test_empty_append_keeps_rowid(store: Store) -> None:
     assert store.append_samples(SampleBatch.empty()) == 0
     store.append_samples(batch("a", 4))
     assert store.append_samples(SampleBatch.empty()) == 4
     assert store.count_samples() == 4
 
 
-def test_samples_frame_filters_by_time_in_ingest_order(store: SQLiteStore) -> None:
+def test_samples_frame_filters_by_time_in_ingest_order(store: Store) -> None:
     store.append_samples(batch("a", 5, start=10))
     store.append_samples(batch("b", 5, start=0))
     frame = store.samples_frame()
@@ -95,17 +98,18 @@ def test_samples_frame_filters_by_time_in_ingest_order(store: SQLiteStore) -> No
     assert window["ts"].tolist() == [10.0, 11.0, 3.0, 4.0]
 
 
-def test_committed_samples_are_visible_to_another_connection(store: SQLiteStore, db: Path) -> None:
-    store.append_samples(batch("a", 3))
-    other = sqlite3.connect(db)
+def test_committed_samples_are_visible_to_another_store(store: Store, store_url: str) -> None:
+    other = store_for_url(store_url)  # its own connections, like another process
     try:
-        assert other.execute("SELECT count(*) FROM samples").fetchone()[0] == 3
+        store.append_samples(batch("a", 3))
+        assert other.count_samples() == 3
+        assert other.samples_after(0, 10)[1] == 3
     finally:
         other.close()
 
 
-def test_everything_survives_close_and_reopen(db: Path) -> None:
-    first = SQLiteStore(db)
+def test_everything_survives_close_and_reopen(store_url: str) -> None:
+    first = store_for_url(store_url)
     first.append_samples(batch("a", 3))
     first.upsert_node("a", {"pool": "web", "standby": "b", "labels": {"rack": "r1"}})
     first.add_events([{"node": "a", "ts": 5.0, "kind": "failure", "reason": "disk"}])
@@ -115,7 +119,7 @@ def test_everything_survives_close_and_reopen(db: Path) -> None:
         conn.execute("INSERT INTO node_state VALUES ('a', 'drained', 1.0, 7)")
     first.close()
 
-    again = SQLiteStore(db)
+    again = store_for_url(store_url)
     try:
         samples, last = again.samples_after(0, 10)
         assert (samples.node.tolist(), last) == (["a", "a", "a"], 3)
@@ -143,7 +147,7 @@ def test_memory_store_reads_its_own_writes() -> None:
 
 
 # -- nodes, events, risk, actions, meta ----------------------------------------------------
-def test_node_upsert_and_list(store: SQLiteStore) -> None:
+def test_node_upsert_and_list(store: Store) -> None:
     assert store.nodes() == {} and store.node("x") is None
     store.upsert_node("a", {})
     store.upsert_node("b", {"pool": "db", "lb_backend": "be", "lb_server": "srv-b",
@@ -162,7 +166,7 @@ def test_node_upsert_and_list(store: SQLiteStore) -> None:
     assert store.nodes()["b"]["lb_server"] is None
 
 
-def test_events_ordered_by_time(store: SQLiteStore) -> None:
+def test_events_ordered_by_time(store: Store) -> None:
     store.add_events([
         {"node": "a", "ts": 20.0, "kind": "failure", "reason": "oom"},
         {"node": "b", "ts": 10.0, "kind": "maintenance"},
@@ -174,7 +178,7 @@ def test_events_ordered_by_time(store: SQLiteStore) -> None:
     assert frame["kind"].tolist() == ["maintenance", "failure", "failure"]
 
 
-def test_risk_points_are_upserted_per_node_and_ts(store: SQLiteStore) -> None:
+def test_risk_points_are_upserted_per_node_and_ts(store: Store) -> None:
     store.append_risk(risk_rows(("a", 1.0, 0.2), ("a", 2.0, 0.3), ("b", 1.0, 0.9)))
     # A replay after a crash writes the same points again, possibly with new values.
     store.append_risk(risk_rows(("a", 2.0, 0.7), ("a", 3.0, 0.8)))
@@ -190,7 +194,7 @@ def test_risk_points_are_upserted_per_node_and_ts(store: SQLiteStore) -> None:
     assert count == 4
 
 
-def test_actions_and_node_state(store: SQLiteStore) -> None:
+def test_actions_and_node_state(store: Store) -> None:
     with store.transaction() as conn:
         for ts, node in [(1.0, "a"), (2.0, "b"), (3.0, "a")]:
             conn.execute(
@@ -207,7 +211,7 @@ def test_actions_and_node_state(store: SQLiteStore) -> None:
     assert store.node_states() == {"a": {"state": "drained", "since": 3.0, "action_id": 3}}
 
 
-def test_failed_transaction_rolls_back_and_store_stays_usable(store: SQLiteStore) -> None:
+def test_failed_transaction_rolls_back_and_store_stays_usable(store: Store) -> None:
     with pytest.raises(RuntimeError), store.transaction() as conn:
         conn.execute("INSERT INTO meta VALUES ('k', 'v')")
         raise RuntimeError("boom")
@@ -216,7 +220,7 @@ def test_failed_transaction_rolls_back_and_store_stays_usable(store: SQLiteStore
     assert store.get_meta("k") == "v2"
 
 
-def test_meta(store: SQLiteStore) -> None:
+def test_meta(store: Store) -> None:
     assert store.get_meta("x") is None and store.get_meta("x", "d") == "d"
     store.set_meta("x", "1")
     store.set_meta("x", "2")
@@ -224,8 +228,10 @@ def test_meta(store: SQLiteStore) -> None:
 
 
 # -- durability settings and concurrency -----------------------------------------------------
-def test_wal_and_synchronous_full_on_both_connections(store: SQLiteStore, db: Path) -> None:
-    for conn in (store._write, store._read):
+def test_wal_and_synchronous_full_on_both_connections(
+    sqlite_store: SQLiteStore, db: Path
+) -> None:
+    for conn in (sqlite_store._write, sqlite_store._read):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
@@ -236,7 +242,7 @@ def test_wal_and_synchronous_full_on_both_connections(store: SQLiteStore, db: Pa
         fresh.close()
 
 
-def _hammer(stores: list[SQLiteStore], threads: int, batches: int, size: int) -> list[int]:
+def _hammer(stores: list[Store], threads: int, batches: int, size: int) -> list[int]:
     errors: list[BaseException] = []
     rowids: list[int] = []
     barrier = threading.Barrier(threads)
@@ -259,7 +265,7 @@ def _hammer(stores: list[SQLiteStore], threads: int, batches: int, size: int) ->
     return rowids
 
 
-def _check_all_landed(store: SQLiteStore, threads: int, batches: int, size: int) -> None:
+def _check_all_landed(store: Store, threads: int, batches: int, size: int) -> None:
     total = threads * batches * size
     assert store.count_samples() == total
     frame, last = store.samples_after(0, total + 10)
@@ -272,15 +278,15 @@ def _check_all_landed(store: SQLiteStore, threads: int, batches: int, size: int)
         )
 
 
-def test_concurrent_appends_from_threads_all_land(store: SQLiteStore) -> None:
+def test_concurrent_appends_from_threads_all_land(store: Store) -> None:
     rowids = _hammer([store], threads=6, batches=20, size=10)
     assert len(set(rowids)) == len(rowids) == 120
     assert all(r % 10 == 0 for r in rowids)  # each batch committed as one unit
     _check_all_landed(store, threads=6, batches=20, size=10)
 
 
-def test_concurrent_appends_from_separate_stores_on_one_file(db: Path) -> None:
-    stores = [SQLiteStore(db) for _ in range(3)]
+def test_concurrent_appends_from_separate_stores_on_one_database(store_url: str) -> None:
+    stores = [store_for_url(store_url) for _ in range(3)]
     try:
         rowids = _hammer(stores, threads=6, batches=10, size=5)
         assert sorted(rowids) == list(range(5, 301, 5))
@@ -290,16 +296,44 @@ def test_concurrent_appends_from_separate_stores_on_one_file(db: Path) -> None:
             s.close()
 
 
-def test_the_same_sample_twice_is_stored_once(tmp_path) -> None:
-    from predictor.ingest import SampleBatch
-    from predictor.store import SQLiteStore
-
-    store = SQLiteStore(tmp_path / "p.db")
-    batch = SampleBatch.from_columns(["a", "a", "a"], ["cpu", "cpu", "mem"], [1.0, 1.0, 1.0],
+def test_the_same_sample_twice_is_stored_once(store: Store) -> None:
+    twice = SampleBatch.from_columns(["a", "a", "a"], ["cpu", "cpu", "mem"], [1.0, 1.0, 1.0],
                                      [0.5, 0.9, 0.2])  # fmt: skip
-    store.append_samples(batch)
-    store.append_samples(batch)  # a client retry after a lost 202
+    last = store.append_samples(twice)  # the repeat inside the batch is dropped too
+    assert store.append_samples(twice) == last  # a client retry after a lost 202
     frame = store.samples_frame()
-    assert len(frame) == 2
+    assert len(frame) == 2 == store.count_samples()
     assert frame.loc[frame["metric"] == "cpu", "value"].tolist() == [0.5]  # first one wins
-    store.close()
+    assert len(store.samples_after(last, 10)[0]) == 0  # nothing new to score
+
+
+def test_samples_arrive_exactly(store: Store) -> None:
+    """Names with CSV/COPY-special characters and floats round-trip bit for bit."""
+    names = ["a,b", 'q"uote', "tab\there", "new\nline", "", "ünï", "\\N", "back\\slash"]
+    stamps = [1.7e9 + 0.123456789, 0.1 + 0.2, 5e-324, -3.0, 1e300, 2.0**53 + 2, 1 / 3, 7.0]
+    values = [np.nextafter(1.0, 2.0), -1e-310, 123456.789, 0.0, -2.5, 1e-5, np.pi, -np.e]
+    sent = SampleBatch.from_columns(names, ["m"] * 8, stamps, values)
+    store.append_samples(sent)
+    got, _ = store.samples_after(0, 100)
+    assert got.node.tolist() == names
+    assert got.ts.tobytes() == sent.ts.tobytes()
+    assert got.value.tobytes() == sent.value.tobytes()
+
+
+def test_urls_and_open_store(tmp_path: Path) -> None:
+    from predictor.config import Settings
+
+    mem = store_for_url("sqlite:///:memory:")
+    try:
+        assert isinstance(mem, SQLiteStore) and mem.ping()
+    finally:
+        mem.close()
+    default = open_store(Settings(db=tmp_path / "x.db"))
+    try:
+        assert isinstance(default, SQLiteStore) and default.path == tmp_path / "x.db"
+    finally:
+        default.close()
+    with pytest.raises(ValueError, match="unsupported database URL"):
+        Settings(database_url="mysql://localhost/x")
+    with pytest.raises(ValueError, match="unsupported database URL"):
+        store_for_url("sqlite:///")
