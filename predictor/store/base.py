@@ -135,11 +135,12 @@ class Store(ABC):
 
     def samples_frame(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
         """Stored samples as a DataFrame in ingest order (training and replays)."""
-        where, params = [], []
-        if since is not None:
-            where, params = [*where, "ts >= ?"], [*params, since]
-        if until is not None:
-            where, params = [*where, "ts <= ?"], [*params, until]
+        where: list[str] = []
+        params: list[float] = []
+        for op, bound in ((">=", since), ("<=", until)):
+            if bound is not None:
+                where.append(f"ts {op} ?")
+                params.append(bound)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         return self._frame(
             f"SELECT node, metric, ts, value FROM samples{clause} ORDER BY {self.dialect.position}",

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, cast
 
-
 import psycopg
 
 from predictor.ingest.batch import SampleBatch
@@ -120,5 +119,3 @@ class PostgresStore(Store):
                 " SELECT node, metric, ts, value FROM samples_in ORDER BY i"
                 " ON CONFLICT (node, metric, ts) DO NOTHING"
             )
-
-

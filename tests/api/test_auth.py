@@ -19,7 +19,7 @@ from predictor.api.deps import get_caller
 from predictor.auth import Caller
 from predictor.cli import app as cli_app
 from predictor.config import Settings
-from predictor.store import Store
+from predictor.store import SQLiteStore
 
 KEY_PATTERN = re.compile(r"pk_[A-Za-z0-9_-]{43}")
 NOW = time.time()
@@ -146,7 +146,7 @@ def test_revoked_key_is_refused_at_once(settings: Settings) -> None:
 
 
 def test_keys_are_stored_hashed(tmp_path: Path) -> None:
-    store = Store(tmp_path / "keys.db")
+    store = SQLiteStore(tmp_path / "keys.db")
     key, _ = auth.create_key(store=store, scope="admin", name="ops")
     store.close()
     files = [p for p in tmp_path.iterdir() if p.name.startswith("keys.db")]
@@ -191,7 +191,7 @@ def test_first_run_makes_one_admin_key_that_works(
         with TestClient(create_app(prod)) as client:  # a restart makes no second key
             assert client.get("/v1/nodes", headers=bearer(key)).status_code == 200
     assert first_run_keys(caplog) == [key]
-    store = Store(prod.db)
+    store = SQLiteStore(prod.db)
     try:
         (record,) = auth.list_keys(store=store)
         assert record["scope"] == "admin" and record["revoked"] is None
@@ -206,7 +206,7 @@ def test_no_first_run_key_while_the_dev_key_is_in_force(
     with caplog.at_level("WARNING", logger="predictor.auth"), TestClient(create_app(settings)):
         pass
     assert first_run_keys(caplog) == []
-    store = Store(settings.db)
+    store = SQLiteStore(settings.db)
     try:
         assert auth.list_keys(store=store) == []
     finally:
@@ -239,7 +239,7 @@ def test_cli_create_list_revoke(settings: Settings, monkeypatch: pytest.MonkeyPa
         assert revoked.exit_code == 0, revoked.output
         assert client.get("/v1/nodes", headers=bearer(key)).status_code == 401
     assert runner.invoke(cli_app, ["keys", "revoke", "99"]).exit_code == 1
-    store = Store(settings.db)
+    store = SQLiteStore(settings.db)
     try:
         (record,) = auth.list_keys(store=store)
         assert record["name"] == "grafana" and record["revoked"] is not None
@@ -275,7 +275,7 @@ def test_status_sends_the_key(settings: Settings, monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv("PREDICTOR_API_KEY", auth.generate_key())
         refused = runner.invoke(cli_app, ["status", "--url", url])
         assert refused.exit_code == 1 and "401" in refused.output
-        store = Store(settings.db)
+        store = SQLiteStore(settings.db)
         try:
             key, _ = auth.create_key(store=store, scope="read")
         finally:

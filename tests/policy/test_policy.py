@@ -14,7 +14,8 @@ import pytest
 from predictor.actuators import ActionRequest, ActuatorError
 from predictor.config import Settings
 from predictor.policy import DRAINED, Policy
-from predictor.store import SQLiteStore
+from predictor.policy.policy import NodeTrack
+from predictor.store import SQLiteStore, store_for_url
 
 WHY = [{"metric": "memory", "score": 0.9}, {"metric": "disk_errors", "score": 0.7}]
 
@@ -481,10 +482,13 @@ def test_restart_does_not_redrain_a_drained_node(make) -> None:
 
 # -- concurrency -----------------------------------------------------------------------------
 @pytest.mark.parametrize("dry_run", [True, False])
-def test_budget_holds_with_concurrent_workers(tmp_path: Path, dry_run: bool) -> None:
-    db = tmp_path / "shared.db"
+def test_budget_holds_with_concurrent_workers(
+    tmp_path: Path, store_url: str, dry_run: bool
+) -> None:
+    """On each backend: 8 deciders, each with its own store (like processes), one budget."""
+    db = tmp_path / "settings.db"
     nodes = pool("web", 8)
-    setup = SQLiteStore(db)
+    setup = store_for_url(store_url)
     for node, meta in nodes.items():
         setup.upsert_node(node, meta)
     settings = make_settings(db, dry_run=dry_run, budget_max_nodes=3, budget_max_fraction=1.0)
@@ -495,7 +499,7 @@ def test_budget_holds_with_concurrent_workers(tmp_path: Path, dry_run: bool) -> 
     fresh = dict.fromkeys(nodes, 60.0)
 
     def worker(node: str) -> None:
-        store = SQLiteStore(db)  # each worker has its own connection, like a process
+        store = store_for_url(store_url)  # its own connections, like a process
         try:
             policy = Policy(settings=settings, store=store, actuator=actuator, sleep=lambda s: None)
             rows = [(node, t, 0.95) for t in range(0, 70, 10)]
@@ -522,3 +526,31 @@ def test_budget_holds_with_concurrent_workers(tmp_path: Path, dry_run: bool) -> 
         assert {r.node for r in actuator.calls} <= set(states)
     finally:
         setup.close()
+
+
+def test_a_node_already_drained_is_never_drained_again(store_url: str, tmp_path: Path) -> None:
+    """A worker whose view is stale (or that replays after a crash) records nothing."""
+    nodes = pool("web", 4)
+    store = store_for_url(store_url)
+    try:
+        for node, meta in nodes.items():
+            store.upsert_node(node, meta)
+        settings = make_settings(tmp_path / "s.db", dry_run=False, budget_max_fraction=1.0)
+        fresh = dict.fromkeys(nodes, 60.0)
+        first_actuator, second_actuator = RecordingActuator(), RecordingActuator()
+        first = Policy(settings=settings, store=store, actuator=first_actuator)
+        [drain] = first.decide(
+            frame(("web-1", t, 0.95) for t in range(0, 70, 10)),
+            node_last_ts=fresh, node_risk={"web-1": 0.95},
+        )  # fmt: skip
+        assert drain["status"] == "done" and first_actuator.steps() == [("drain", "web-1")]
+        # A second worker decided to drain web-1 from a view read before that drain.
+        second = Policy(settings=settings, store=store, actuator=second_actuator)
+        track = NodeTrack(above_since=0.0)
+        assert second._act("web-1", track, 70.0, 0.95, "risk", None, fresh) is None
+        assert second._act("web-1", track, 80.0, 0.95, "risk", "cooldown: x", fresh) is None
+        assert second_actuator.calls == []
+        assert [a["id"] for a in store.actions()] == [drain["id"]]  # nothing recorded
+        assert store.node_states()["web-1"]["action_id"] == drain["id"]
+    finally:
+        store.close()

@@ -15,7 +15,6 @@ import pytest
 
 from predictor.ingest import SampleBatch
 from predictor.store import SQLiteStore, Store, open_store, store_for_url
-from predictor.store.migrations import MIGRATIONS, SQLITE
 
 
 @pytest.fixture
@@ -228,9 +227,7 @@ def test_meta(store: Store) -> None:
 
 
 # -- durability settings and concurrency -----------------------------------------------------
-def test_wal_and_synchronous_full_on_both_connections(
-    sqlite_store: SQLiteStore, db: Path
-) -> None:
+def test_wal_and_synchronous_full_on_both_connections(sqlite_store: SQLiteStore, db: Path) -> None:
     for conn in (sqlite_store._write, sqlite_store._read):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
