@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from predictor.config import Settings
 from predictor.ingest import SampleBatch
@@ -102,3 +103,25 @@ def test_an_unusable_checkpoint_is_ignored_and_the_log_replayed(settings: Settin
     restarted.scorer.drain_backlog()
     assert latest_risk(restarted) == expected
     restarted.store.close()
+
+
+def test_a_runtime_on_postgresql_scores_and_records_latest_risk(
+    settings: Settings, pg_url: str
+) -> None:
+    """PREDICTOR_DATABASE_URL=postgresql://... : the same loop over the shared store."""
+    from predictor.store.postgres import PostgresStore
+
+    runtime = Runtime.build(settings.model_copy(update={"database_url": pg_url}))
+    try:
+        assert isinstance(runtime.store, PostgresStore)
+        data = history(40)
+        for _, step in data.groupby("ts"):
+            runtime.store.append_samples(SampleBatch.from_frame(step))
+        assert runtime.scorer.drain_backlog(limit=50) == len(data)
+        latest = {r["node"]: r for r in runtime.store.latest_risk()}
+        assert set(latest) == {"n0", "n1", "n2"}
+        for node, point in runtime.scorer.latest.items():
+            assert latest[node]["ts"] == point["ts"]
+            assert latest[node]["risk"] == pytest.approx(point["risk"])
+    finally:
+        runtime.store.close()
