@@ -23,8 +23,8 @@ from predictor.ingest.remote_write import parse_remote_write
 from predictor.policy import DRAINED, Policy
 from predictor.scoring import ScoringEngine
 from predictor.scoring.scorer import Scorer, ScorerThread
-from predictor.stream import Publisher, StreamError
 from predictor.store import Store, open_store
+from predictor.stream import Publisher, StreamError
 from predictor.telemetry import Telemetry
 from predictor.training import ModelRegistry
 

@@ -120,6 +120,5 @@ def test_api_replica_acknowledges_after_the_stream_and_refuses_when_it_is_full(
 
 def test_api_role_needs_a_stream(tmp_path: Path) -> None:
     settings = Settings(db=tmp_path / "p.db", models_dir=tmp_path / "m", role="api")
-    with pytest.raises(ValueError, match="PREDICTOR_NATS_URL"):
-        with TestClient(create_app(settings)):
-            pass
+    with pytest.raises(ValueError, match="PREDICTOR_NATS_URL"), TestClient(create_app(settings)):
+        pass

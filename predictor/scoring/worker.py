@@ -33,7 +33,7 @@ from predictor.ingest.batch import SampleBatch
 from predictor.policy import Policy
 from predictor.scoring.engine import ScoringEngine
 from predictor.scoring.scorer import Scorer
-from predictor.store import Store
+from predictor.store import Store, open_store
 from predictor.stream import decode, ensure_stream, subject
 from predictor.training.model import BatchModel
 
@@ -251,7 +251,7 @@ def run_worker(settings: Settings) -> None:
     loaded, refused = ModelRegistry.from_settings(settings).load_serving()
     if refused:
         logger.warning("model versions refused: %s", refused)
-    store = Store(settings.db)
+    store = open_store(settings)
     worker = Worker(
         settings=settings,
         store=store,

@@ -17,7 +17,7 @@ from predictor.actuators.log import LogActuator
 from predictor.config import Settings
 from predictor.ingest.batch import SampleBatch
 from predictor.scoring.worker import Worker
-from predictor.store import Store
+from predictor.store import SQLiteStore
 from predictor.stream import Publisher
 
 NODES = [f"n{i:02d}" for i in range(16)]
@@ -54,7 +54,7 @@ def test_workers_share_partitions_and_hand_them_over(
         lease_ttl_s=2.0,
         checkpoint_every_s=0.2,
     )
-    store = Store(settings.db)
+    store = SQLiteStore(settings.db)
     publisher = Publisher(settings)
     publisher.start()
 
