@@ -81,8 +81,13 @@ class Store(ABC):
 
     # -- shared ------------------------------------------------------------------------
     def _migrate(self) -> list[int]:
-        with self._begin(MIGRATION_LOCK) as conn:
-            return apply_migrations(conn, self.dialect)
+        """Bring the schema up to date (backends call it on open; closed if it fails)."""
+        try:
+            with self._begin(MIGRATION_LOCK) as conn:
+                return apply_migrations(conn, self.dialect)
+        except BaseException:
+            self.close()
+            raise
 
     def transaction(self) -> AbstractContextManager[Connection]:
         """One write transaction; concurrent deciders (threads or processes) serialise."""
