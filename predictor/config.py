@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     stream_name: str = "predictor-samples"
     stream_subject: str = "predictor.samples"  # partition p is published to <subject>.<p>
     stream_partitions: int = Field(default=16, ge=1)  # fixed for a stream's lifetime
-    stream_max_bytes: int = 50 * 1024**3  # full: ingest answers 503, nothing old is dropped
+    # -1: bounded by the server's JetStream storage; full: ingest answers 503, nothing is dropped
+    stream_max_bytes: int = -1
     stream_max_age_s: float = 7 * 86400.0  # must exceed the longest worker outage
     stream_duplicate_window_s: float = 120.0  # a resent batch inside it is stored once
     publish_timeout_s: float = 10.0
