@@ -32,7 +32,7 @@ class ServerProcess:
         self,
         tmp: Path,
         *,
-        db: Path,
+        db: Path | None,  # None: the store named by PREDICTOR_DATABASE_URL
         env: dict[str, str] | None = None,
         role: str = "all",
         name: str = "server",
@@ -64,7 +64,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "predictor.cli", "serve", "--port", str(self.port)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*cmd, "--db", str(self.db), "--role", self.role],
+                [*cmd, *(["--db", str(self.db)] if self.db else []), "--role", self.role],
                 env=self.env, stdout=log, stderr=log,
             )  # fmt: skip
         if self.role == "worker":

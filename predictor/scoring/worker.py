@@ -85,7 +85,14 @@ class Worker:
                 await self._rebalance()
                 scored = 0
                 for part in list(self.owned.values()):
-                    scored += await self._step(part)
+                    try:
+                        scored += await self._step(part)
+                    except Exception:
+                        # Its consumer may have handed out messages it never scored: give
+                        # the partition back; whoever takes it re-reads from the checkpoint.
+                        logger.exception("partition %d: step failed; releasing", part.number)
+                        await self._drop(part)
+                        self.store.release_lease(partition=part.number, worker=self.id)
                 await self._checkpoint_due()
                 if not scored:
                     with contextlib.suppress(TimeoutError):
@@ -103,7 +110,13 @@ class Worker:
     # -- leases ------------------------------------------------------------------------
     async def _renew_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            self._renew()
+            try:
+                self._renew()
+            except Exception:
+                # Unsure whether the leases still hold: stop scoring them (the next
+                # rebalance drops them) rather than risk two owners.
+                logger.exception("worker %s: lease renewal failed", self.id)
+                self.held = {}
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.lease_ttl_s / 3)
 
@@ -202,7 +215,7 @@ class Worker:
             messages = await part.subscription.fetch(
                 self.settings.worker_fetch_messages, timeout=0.05
             )
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, TimeoutError):  # nothing new in this partition
             return 0
         done = part.scorer.scored_rowid
         fresh = [m for m in messages if m.metadata.sequence.stream > done]

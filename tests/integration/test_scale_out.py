@@ -61,13 +61,13 @@ def test_replicas_and_workers_survive_a_killed_worker(
         "PREDICTOR_CHECKPOINT_EVERY_S": "1",
         "PREDICTOR_DRY_RUN": "false",  # the log actuator: executed drains, nothing real
         "PREDICTOR_ENTER_THRESHOLD": "0.7",
-        "PREDICTOR_MIN_DURATION_S": "20",
+        "PREDICTOR_MIN_DURATION_S": "10",
         "PREDICTOR_BUDGET_MAX_NODES": "100",
         "PREDICTOR_BUDGET_MAX_FRACTION": "1.0",
         "PREDICTOR_FAILSAFE_SPIKE_FRACTION": "1.0",
         "PREDICTOR_AUTO_UNDRAIN": "false",
     }
-    db = tmp_path / "unused.db"  # the store is PostgreSQL
+    db = None  # the store is PREDICTOR_DATABASE_URL's PostgreSQL
     workers = [
         ServerProcess(tmp_path, db=db, env={**env, "PREDICTOR_WORKER_ID": f"w{i}"},
                       role="worker", name=f"worker-{i}")
@@ -84,8 +84,11 @@ def test_replicas_and_workers_survive_a_killed_worker(
             status = client.get(f"{apis[0].url}/readyz").json()
             return status if status["partitions_owned"] == PARTITIONS else {}
 
-        status = wait_for(owners, TAKEOVER_DEADLINE_S, "every partition owned")
-        assert set(status["workers"]) <= {"w0", "w1", "w2"}
+        def balanced() -> dict:
+            status = owners()
+            return status if status and set(status["workers"]) == {"w0", "w1", "w2"} else {}
+
+        wait_for(balanced, TAKEOVER_DEADLINE_S, "every partition owned, by all three workers")
 
         rng = np.random.default_rng(7)
         t0 = time.time() - 3600
@@ -105,6 +108,17 @@ def test_replicas_and_workers_survive_a_killed_worker(
 
         for step in range(STEPS_BEFORE_KILL):
             send(step)
+
+        def checkpointed_by_w0() -> bool:
+            # So the takeover restores a checkpoint and replays what came after it.
+            with psycopg.connect(pg_url) as conn:
+                rows = conn.execute(
+                    "SELECT c.position FROM leases l JOIN checkpoints c USING (part)"
+                    " WHERE l.worker = 'w0' AND c.worker = 'w0'"
+                ).fetchall()
+            return bool(rows) and min(r[0] for r in rows) > 0
+
+        wait_for(checkpointed_by_w0, TAKEOVER_DEADLINE_S, "a checkpoint of w0's partitions")
         workers[0].kill()  # SIGKILL: no release, no last checkpoint
         for step in range(STEPS_BEFORE_KILL, STEPS_BEFORE_KILL + STEPS_AFTER_KILL):
             send(step)
@@ -138,7 +152,7 @@ def test_replicas_and_workers_survive_a_killed_worker(
         assert set(stored) == acknowledged, "an acknowledged sample is missing"
         assert history is not None and history[0] == history[1]
         drained = dict(drains)
-        assert drained, "the shifted nodes should have been drained"
+        assert set(SHIFTED) <= set(drained), f"the shifted nodes were not drained: {drained}"
         assert max(drained.values()) == 1, f"a node was drained twice: {drained}"
     finally:
         for proc in processes:
