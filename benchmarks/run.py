@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from benchmarks.ingest import bench_ingest
+from benchmarks.scale_out import bench_scale_out
 from benchmarks.scoring import bench_memory, bench_scoring
 from benchmarks.service import bench_end_to_end, bench_queries
 from benchmarks.training import bench_training
@@ -37,6 +38,7 @@ FULL: Profile = {
     "queries": {"n_nodes": 10_000, "n_metrics": 20, "n_steps": 3, "requests": 300},
     "training": {"sizes": (250_000, 1_000_000)},
     "end_to_end": {"ladder": (2_000, 5_000, 10_000, 20_000), "big": 100_000, "big_intervals": 1},
+    "scale_out": {"n_nodes": 5_000, "n_metrics": 20, "steps": 4},
 }
 QUICK: Profile = {
     "ingest": {"n_nodes": 500, "n_metrics": 20, "n_steps": 2},
@@ -52,8 +54,9 @@ QUICK: Profile = {
         "interval_s": 2.0,
         "drain_timeout_s": 60.0,
     },  # fmt: skip
+    "scale_out": {"n_nodes": 500, "n_metrics": 20, "steps": 3},
 }
-NEEDS_WORKDIR = {"ingest", "memory", "queries", "end_to_end"}
+NEEDS_WORKDIR = {"ingest", "memory", "queries", "end_to_end", "scale_out"}
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "ingest": bench_ingest,
     "scoring": bench_scoring,
@@ -61,6 +64,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "queries": bench_queries,
     "training": bench_training,
     "end_to_end": bench_end_to_end,
+    "scale_out": bench_scale_out,
 }
 
 
@@ -176,6 +180,12 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             ("end to end: largest fleet kept up",
              f"{e2e['largest_sustained_nodes']:,} nodes "
              f"({e2e['largest_sustained_samples_per_s']:,.0f} samples/s)", "", ">= 100k nodes")
+        )  # fmt: skip
+    if so := report.get("scale_out"):
+        rows.append(
+            (f"one scorer worker: stream -> PostgreSQL -> score ({so['samples']:,} samples)",
+             f"{so['worker']['samples_per_s']:,.0f} samples/s",
+             f"{so['ratio']:.2f} x embedded scorer (SQLite)", "")
         )  # fmt: skip
     return rows
 

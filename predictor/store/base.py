@@ -106,13 +106,14 @@ class Store(ABC):
         return bool(self._query("SELECT 1"))
 
     # -- samples -----------------------------------------------------------------------
-    def append_samples(self, batch: SampleBatch) -> int:
+    def append_samples(self, batch: SampleBatch, *, ordered: bool = True) -> int:
         """Commit a batch; return the last log position. Returns once the commit is durable.
 
         Idempotent: a sample already stored (same node, metric, ts) is skipped, so a
-        resent batch is stored once.
+        resent batch is stored once. ``ordered=False`` when no scorer follows this log
+        (scale-out workers follow the stream): writers then do not queue on each other.
         """
-        with self._begin(APPEND_LOCK) as conn:
+        with self._begin(APPEND_LOCK if ordered else None) as conn:
             if len(batch):
                 self._insert_samples(conn, batch)
             pos = self.dialect.position
