@@ -22,6 +22,7 @@ TINY = {
         "ladder": (10,), "big": 0, "n_metrics": 3, "intervals": 2, "interval_s": 0.5,
         "drain_timeout_s": 60.0,
     },
+    "scale_out": {"n_nodes": 12, "n_metrics": 3, "steps": 2, "partitions": 3},
 }  # fmt: skip
 
 
@@ -53,6 +54,10 @@ def test_quick_run_reports_every_benchmark(tmp_path: Path, capsys: pytest.Captur
     for figures in scoring["settings"].values():
         assert positive(figures["samples_per_cpu_s"])
         assert positive(figures["ratio_vs_river"])
+
+    scale_out = report["scale_out"]
+    assert scale_out["samples"] == 12 * 3 * 2
+    assert positive(scale_out["worker"]["samples_per_s"]) and positive(scale_out["ratio"])
 
     memory = report["memory"]
     assert [(r["nodes"], r["metrics"]) for r in memory["rows"]] == [(10, 3), (40, 3)] * 2
