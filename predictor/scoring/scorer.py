@@ -20,6 +20,7 @@ from predictor.scoring.engine import EngineState, ScoringEngine
 from predictor.store import Store
 
 logger = logging.getLogger(__name__)
+TRICKLE_WAIT_S = 0.05
 
 
 class Scorer:
@@ -171,6 +172,10 @@ class ScorerThread(threading.Thread):
             if not scored:
                 self.wake.wait(0.5)
                 self.wake.clear()
+            elif scored < self.chunk_rows:
+                # Caught up on a trickle: let a few requests' samples gather, since every
+                # step has fixed costs (risk rows, their commit, the policy) whatever its size.
+                self._stop_event.wait(TRICKLE_WAIT_S)
 
     def stop(self) -> None:
         """Finish what was acknowledged, checkpoint, and end."""

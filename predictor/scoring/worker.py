@@ -228,7 +228,7 @@ class Worker:
 
     def _score(self, part: OwnedPartition, batch: SampleBatch, position: int) -> None:
         # Stored before scoring, so training sees every sample; idempotent on a replay.
-        self.store.append_samples(batch, ordered=False)
+        self.store.append_samples(batch)
         with part.scorer.lock:
             part.scorer.score(batch, position=position)
 

@@ -8,10 +8,13 @@ Database-specific fragments come from ``self.dialect`` (see ``migrations.Dialect
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,7 +33,7 @@ ACTION_COLUMNS = (
 
 # PostgreSQL advisory-lock keys (SQLite has one writer at a time and ignores them).
 DECIDER_LOCK = 0x70726564_01  # transaction(): deciders check and take budgets one at a time
-APPEND_LOCK = 0x70726564_02  # append_samples: log positions assigned in commit order
+APPEND_LOCK = 0x70726564_02  # append_samples: log positions follow commit order
 MIGRATION_LOCK = 0x70726564_03  # schema migrations: one process migrates, the others wait
 
 
@@ -49,6 +52,73 @@ class Connection(Protocol):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Cursor: ...
 
 
+BatchRow = tuple[str, int, float, float, bytes, bytes, bytes]
+
+
+def _encode(batch: SampleBatch) -> BatchRow:
+    """A batch as a log row: key, size, time range, names (JSON), ts and value (float64)."""
+    names = orjson.dumps([batch.node.tolist(), batch.metric.tolist()])
+    ts, value = batch.ts.astype("<f8").tobytes(), batch.value.astype("<f8").tobytes()
+    key = hashlib.sha256(names + ts + value).hexdigest()
+    return key, len(batch), float(batch.ts.min()), float(batch.ts.max()), names, ts, value
+
+
+def _decode(names: bytes, ts: bytes, value: bytes) -> SampleBatch:
+    nodes, metrics = orjson.loads(bytes(names))
+    return SampleBatch.from_columns(
+        nodes, metrics, np.frombuffer(bytes(ts), "<f8"), np.frombuffer(bytes(value), "<f8")
+    )
+
+
+@dataclass
+class _Ticket:
+    batch: SampleBatch
+    done: bool = False
+    position: int = 0
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Concurrent appends share one transaction, and so one fsync (group commit).
+
+    Each caller queues its batch and waits for the commit lock; whoever gets it commits
+    every batch queued so far, and the callers behind it find theirs already durable. A
+    group that fails is retried batch by batch, so one bad batch fails alone.
+    """
+
+    def __init__(self, commit: Callable[[list[SampleBatch]], int]):
+        self._commit = commit
+        self._queue: list[_Ticket] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+
+    def append(self, batch: SampleBatch) -> int:
+        ticket = _Ticket(batch)
+        with self._queue_lock:
+            self._queue.append(ticket)
+        with self._commit_lock:
+            if not ticket.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._run(group)
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.position
+
+    def _run(self, group: list[_Ticket]) -> None:
+        try:
+            position = self._commit([t.batch for t in group])
+        except BaseException as exc:
+            if len(group) > 1:
+                for ticket in group:
+                    self._run([ticket])
+                return
+            group[0].error = exc
+            position = 0
+        for ticket in group:
+            ticket.position, ticket.done = position, True
+
+
 class Store(ABC):
     """All durable state of the service: the samples log, nodes, events, risk, actions,
     node state, meta, API keys, and the scale-out leases and checkpoints.
@@ -59,6 +129,7 @@ class Store(ABC):
     """
 
     dialect: Dialect
+    _appends: GroupCommit  # backends set it to GroupCommit(self._commit_samples)
 
     # -- what a backend provides -------------------------------------------------------
     @abstractmethod
@@ -73,8 +144,9 @@ class Store(ABC):
         """Rows of a read on the read connection (sees every committed write)."""
 
     @abstractmethod
-    def _insert_samples(self, conn: Connection, batch: SampleBatch) -> None:
-        """Insert a non-empty batch in batch order; rows already stored are skipped."""
+    def _insert_batches(self, conn: Connection, rows: list[BatchRow]) -> None:
+        """Append encoded batches in order, each at the position after the one before it;
+        a batch whose key is already stored (or repeated in ``rows``) is skipped."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -106,54 +178,63 @@ class Store(ABC):
         return bool(self._query("SELECT 1"))
 
     # -- samples -----------------------------------------------------------------------
-    def append_samples(self, batch: SampleBatch, *, ordered: bool = True) -> int:
+    # The samples log is one row per ingested batch (columns as blobs), so the hot path
+    # commits one small row per request instead of a row and an index entry per sample.
+    # A batch's position is the number of samples in the log up to and including it; the
+    # scorer follows positions and replays from them. Idempotency is per batch (its
+    # sha256): a resent batch is stored once. A sample sent again inside a *different*
+    # batch is kept in the log and dropped when read (first value wins), and the online
+    # features ignore a sample that is not newer than its series' last one.
+
+    def append_samples(self, batch: SampleBatch) -> int:
         """Commit a batch; return the last log position. Returns once the commit is durable.
 
-        Idempotent: a sample already stored (same node, metric, ts) is skipped, so a
-        resent batch is stored once. ``ordered=False`` when no scorer follows this log
-        (scale-out workers follow the stream): writers then do not queue on each other.
+        Concurrent callers share one transaction (see :class:`GroupCommit`).
         """
-        with self._begin(APPEND_LOCK if ordered else None) as conn:
-            if len(batch):
-                self._insert_samples(conn, batch)
-            pos = self.dialect.position
-            return int(conn.execute(f"SELECT coalesce(max({pos}), 0) FROM samples").fetchone()[0])
+        return self._appends.append(batch)
+
+    def _commit_samples(self, batches: list[SampleBatch]) -> int:
+        """Append batches in order in one transaction; the last log position after it."""
+        rows = [_encode(b) for b in batches if len(b)]
+        with self._begin(APPEND_LOCK) as conn:
+            if rows:
+                self._insert_batches(conn, rows)
+            return int(
+                conn.execute("SELECT coalesce(max(position), 0) FROM sample_batches").fetchone()[0]
+            )
 
     def samples_after(self, rowid: int, limit: int) -> tuple[SampleBatch, int]:
-        """Samples in ingest order after log position ``rowid``; also the last position read."""
-        pos = self.dialect.position
+        """Whole batches after log position ``rowid``, starting within ``limit`` samples of
+        it (at least one batch when there is one); also the last position read."""
         rows = self._query(
-            f"SELECT {pos}, node, metric, ts, value FROM samples WHERE {pos} > ?"
-            f" ORDER BY {pos} LIMIT ?",
-            (rowid, limit),
+            "SELECT position, names, ts, value FROM sample_batches"
+            " WHERE position > ? AND position - n < ? ORDER BY position",
+            (rowid, rowid + max(1, limit)),
         )
         if not rows:
             return SampleBatch.empty(), rowid
-        ids, nodes, metrics, stamps, values = zip(*rows, strict=True)
-        return SampleBatch.from_columns(nodes, metrics, stamps, values), int(ids[-1])
+        return SampleBatch.concat([_decode(*row[1:]) for row in rows]), int(rows[-1][0])
 
     def last_sample_rowid(self) -> int:
-        pos = self.dialect.position
-        return int(self._query(f"SELECT coalesce(max({pos}), 0) FROM samples")[0][0])
+        return int(self._query("SELECT coalesce(max(position), 0) FROM sample_batches")[0][0])
 
     def count_samples(self) -> int:
-        return int(self._query("SELECT count(*) FROM samples")[0][0])
+        """Distinct stored samples (reads the log: for tests and tools, not hot paths)."""
+        return len(self.samples_frame())
 
     def samples_frame(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
-        """Stored samples as a DataFrame in ingest order (training and replays)."""
-        where: list[str] = []
-        params: list[float] = []
-        for op, bound in ((">=", since), ("<=", until)):
-            if bound is not None:
-                where.append(f"ts {op} ?")
-                params.append(bound)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        return self._frame(
-            f"SELECT node, metric, ts, value FROM samples{clause} ORDER BY {self.dialect.position}",
-            params,
-            ("node", "metric", "ts", "value"),
-            ("ts", "value"),
+        """Stored samples as a DataFrame in ingest order, each (node, metric, ts) once."""
+        rows = self._query(
+            "SELECT names, ts, value FROM sample_batches WHERE max_ts >= ? AND min_ts <= ?"
+            " ORDER BY position",
+            (-math.inf if since is None else since, math.inf if until is None else until),
         )
+        frame = SampleBatch.concat([_decode(*row) for row in rows]).to_frame()
+        keep = (frame["ts"] >= (-math.inf if since is None else since)) & (
+            frame["ts"] <= (math.inf if until is None else until)
+        )
+        frame = frame[keep & ~frame.duplicated(["node", "metric", "ts"])]
+        return frame.reset_index(drop=True)
 
     # -- nodes -------------------------------------------------------------------------
     def upsert_node(self, node: str, meta: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ processes starting at once apply each migration once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from string import Template
 from typing import Any
@@ -61,6 +62,34 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    run: Callable[[Any, Dialect], None] | None = None  # Python after the statements
+
+
+def move_sample_rows(conn: Any, dialect: Dialect, chunk: int = 50_000) -> None:
+    """Migration 3: the per-sample rows of older versions become batches of the new log.
+
+    Positions stay sample counts, so a checkpoint's position still means "this far".
+    """
+    from predictor.ingest.batch import SampleBatch
+    from predictor.store.base import _encode
+
+    position = 0
+    while rows := conn.execute(
+        f"SELECT {dialect.position}, node, metric, ts, value FROM samples"
+        f" WHERE {dialect.position} > ? ORDER BY {dialect.position} LIMIT ?",
+        (position, chunk),
+    ).fetchall():
+        ids, nodes, metrics, stamps, values = zip(*rows, strict=True)
+        key, n, min_ts, max_ts, names, ts, value = _encode(
+            SampleBatch.from_columns(nodes, metrics, stamps, values)
+        )
+        position = int(ids[-1])
+        conn.execute(
+            "INSERT INTO sample_batches (position, batch_key, n, min_ts, max_ts, names, ts, value)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (position, key, n, min_ts, max_ts, names, ts, value),
+        )
+    conn.execute("DROP TABLE samples")
 
 
 # Append only: a released migration is never edited, a change is a new migration. Every
@@ -146,6 +175,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "samples log: one row per ingested batch",
+        (
+            # position: samples in the log up to and including this batch (the order the
+            # scorer follows); batch_key: the sha256 of the batch, so a resend is stored once.
+            """CREATE TABLE sample_batches (
+                position BIGINT PRIMARY KEY, batch_key TEXT NOT NULL UNIQUE, n BIGINT NOT NULL,
+                min_ts $float NOT NULL, max_ts $float NOT NULL, names $blob NOT NULL,
+                ts $blob NOT NULL, value $blob NOT NULL
+            )""",
+            "CREATE INDEX sample_batches_time ON sample_batches (max_ts)",
+        ),
+        run=move_sample_rows,
+    ),
 )
 
 SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
@@ -172,6 +216,8 @@ def apply_migrations(conn: Any, dialect: Dialect) -> list[int]:
             continue
         for statement in migration.statements:
             conn.execute(dialect.render(statement))
+        if migration.run is not None:
+            migration.run(conn, dialect)
         conn.execute(
             f"INSERT INTO schema_version (version, name, applied) VALUES (?, ?, {dialect.now})",
             (migration.version, migration.name),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -11,15 +10,16 @@ from typing import Any, cast
 
 import psycopg
 
-from predictor.ingest.batch import SampleBatch
-from predictor.store.base import Connection, Cursor, Store
+from predictor.store.base import BatchRow, Connection, Cursor, GroupCommit, Store
 from predictor.store.migrations import POSTGRES
 
 # Where COPY lands a batch before it joins the log; ``i`` keeps the batch's order.
-STAGING = """CREATE TEMP TABLE IF NOT EXISTS samples_in (
-    i BIGINT GENERATED ALWAYS AS IDENTITY, node TEXT NOT NULL, metric TEXT NOT NULL,
-    ts DOUBLE PRECISION NOT NULL, value DOUBLE PRECISION NOT NULL
+STAGING = """CREATE TEMP TABLE IF NOT EXISTS batches_in (
+    i BIGINT GENERATED ALWAYS AS IDENTITY, batch_key TEXT NOT NULL, n BIGINT NOT NULL,
+    min_ts DOUBLE PRECISION NOT NULL, max_ts DOUBLE PRECISION NOT NULL, names BYTEA NOT NULL,
+    ts BYTEA NOT NULL, value BYTEA NOT NULL
 ) ON COMMIT DELETE ROWS"""
+BATCH_COLUMNS = "batch_key, n, min_ts, max_ts, names, ts, value"
 
 
 @lru_cache(maxsize=512)
@@ -63,6 +63,7 @@ class PostgresStore(Store):
         self._read_lock = threading.RLock()
         self._write = self._connect_write()
         self._read = psycopg.connect(url, autocommit=True)
+        self._appends = GroupCommit(self._commit_samples)
         self._migrate()
 
     def _connect_write(self) -> psycopg.Connection[Any]:
@@ -98,24 +99,24 @@ class PostgresStore(Store):
                 self._read = psycopg.connect(self.url, autocommit=True)
             return self._read.execute(_pg_sql(sql), tuple(params)).fetchall()
 
-    def _insert_samples(self, conn: Connection, batch: SampleBatch) -> None:
-        # append_samples holds APPEND_LOCK until commit. The seq identity is assigned at
-        # insert time, not commit time: without the lock, a batch given seq 11..20 could
-        # commit before one given 1..10, a scorer reading "seq > 0" would take 11..20,
-        # move its position to 20 and never see 1..10. Serialising appenders makes seq
-        # order the commit order. (Identity sequences cache 1 value, so no session
-        # pre-allocates a block out of order either.)
+    def _insert_batches(self, conn: Connection, rows: list[BatchRow]) -> None:
+        # append_samples holds APPEND_LOCK until commit, so the position read here is still
+        # the last one at commit: positions follow commit order, and a scorer that has read
+        # up to position p never misses a batch committed later below p.
         raw = cast(_PgConnection, conn).raw
-        data = batch.to_frame().to_csv(header=False, index=False, quoting=csv.QUOTE_NONNUMERIC)
         with raw.cursor() as cursor:
-            # CSV with strings quoted: an empty node name stays '' (unquoted empty is NULL);
-            # floats are written shortest-round-trip, so they arrive bit for bit.
             with cursor.copy(
-                "COPY samples_in (node, metric, ts, value) FROM STDIN (FORMAT csv)"
+                f"COPY batches_in ({BATCH_COLUMNS}) FROM STDIN (FORMAT binary)"
             ) as copy:
-                copy.write(data)
+                copy.set_types(["text", "int8", "float8", "float8", "bytea", "bytea", "bytea"])
+                for row in rows:
+                    copy.write_row(row)
+            # Each new key once (the first), positions as running sums in arrival order.
             cursor.execute(
-                "INSERT INTO samples (node, metric, ts, value)"
-                " SELECT node, metric, ts, value FROM samples_in ORDER BY i"
-                " ON CONFLICT (node, metric, ts) DO NOTHING"
+                f"INSERT INTO sample_batches (position, {BATCH_COLUMNS})"
+                " SELECT (SELECT coalesce(max(position), 0) FROM sample_batches)"
+                f" + sum(n) OVER (ORDER BY i), {BATCH_COLUMNS} FROM ("
+                "  SELECT DISTINCT ON (batch_key) * FROM batches_in AS b WHERE NOT EXISTS"
+                "  (SELECT 1 FROM sample_batches AS s WHERE s.batch_key = b.batch_key)"
+                "  ORDER BY batch_key, i) AS fresh ORDER BY i"
             )

@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from predictor.ingest.batch import SampleBatch
-from predictor.store.base import Connection, Store
+from predictor.store.base import BatchRow, Connection, GroupCommit, Store
 from predictor.store.migrations import SQLITE
 
 
@@ -38,6 +37,7 @@ class SQLiteStore(Store):
         else:
             self._read = self._connect()
             self._read_lock = threading.RLock()
+        self._appends = GroupCommit(self._commit_samples)
         self._migrate()
 
     def _connect(self) -> sqlite3.Connection:
@@ -69,16 +69,15 @@ class SQLiteStore(Store):
         with self._read_lock:
             return self._read.execute(sql, tuple(params)).fetchall()
 
-    def _insert_samples(self, conn: Connection, batch: SampleBatch) -> None:
-        rows = zip(
-            batch.node.tolist(),
-            batch.metric.tolist(),
-            batch.ts.tolist(),
-            batch.value.tolist(),
-            strict=True,
+    def _insert_batches(self, conn: Connection, rows: list[BatchRow]) -> None:
+        # One writer at a time (BEGIN IMMEDIATE): the position read here stays the last.
+        position = int(
+            conn.execute("SELECT coalesce(max(position), 0) FROM sample_batches").fetchone()[0]
         )
-        conn.executemany(
-            "INSERT INTO samples (node, metric, ts, value) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT DO NOTHING",
-            rows,
-        )
+        for key, n, min_ts, max_ts, names, ts, value in rows:
+            cursor = conn.execute(
+                "INSERT INTO sample_batches (position, batch_key, n, min_ts, max_ts, names, ts,"
+                " value) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_key) DO NOTHING",
+                (position + n, key, n, min_ts, max_ts, names, ts, value),
+            )
+            position += n * cursor.rowcount
