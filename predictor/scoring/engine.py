@@ -146,18 +146,7 @@ class ScoringEngine:
         if not len(batch):
             return StepResult(scores, _empty_risk())
         keys, nodes = self._keys(batch)
-        bucket = np.floor(batch.ts / max(self.settings.eval_step_s, 1e-9))
-        # Round r holds each node's r-th event-time bucket in this batch.
-        order = np.lexsort((batch.ts, bucket, nodes))
-        n_sorted, b_sorted = nodes[order], bucket[order]
-        new_group = np.ones(len(order), dtype=bool)
-        new_group[1:] = (n_sorted[1:] != n_sorted[:-1]) | (b_sorted[1:] != b_sorted[:-1])
-        group = np.cumsum(new_group) - 1
-        node_start = np.ones(len(order), dtype=bool)
-        node_start[1:] = n_sorted[1:] != n_sorted[:-1]
-        first_group = np.maximum.accumulate(np.where(node_start, group, 0))
-        rounds = np.empty(len(order), dtype=np.int64)
-        rounds[order] = group - first_group
+        rounds = _bucket_rounds(nodes, np.floor(batch.ts / max(self.settings.eval_step_s, 1e-9)))
 
         frames = []
         round_order = np.argsort(rounds, kind="stable")
@@ -181,13 +170,19 @@ class ScoringEngine:
         """
         st = self.state
         folded = []
-        rows = rows[np.lexsort((batch.ts[rows], keys[rows]))]
         k = keys[rows]
-        starts = np.ones(len(k), dtype=bool)
-        starts[1:] = k[1:] != k[:-1]
-        rank = np.arange(len(k)) - np.maximum.accumulate(np.where(starts, np.arange(len(k)), 0))
-        for r in range(int(rank.max()) + 1):
-            sub = rows[rank == r]
+        if len(k) > 1 and not (k[1:] > k[:-1]).all():
+            # Sorting by series alone suffices while each series has one sample here; the
+            # (series, ts) lexsort, far slower on floats, only when one has several.
+            order = np.argsort(k, kind="stable")
+            by_series = k[order]
+            if (by_series[1:] == by_series[:-1]).any():
+                order = np.lexsort((batch.ts[rows], k))
+            rows, k = rows[order], k[order]
+        rank = _rank_in_runs(k)
+        n_ranks = int(rank.max()) + 1 if len(k) else 0
+        for r in range(n_ranks):
+            sub = rows if n_ranks == 1 else rows[rank == r]
             sk, sx, stt = keys[sub], batch.value[sub], batch.ts[sub]
             in_order = st.features.update(sk, sx, stt)
             sub, sk, sx, stt = sub[in_order], sk[in_order], sx[in_order], stt[in_order]
@@ -282,14 +277,7 @@ class ScoringEngine:
         st = self.state
         score = st.series_score[series]
         z = st.features.values_[series, _Z]
-        order = np.lexsort((-np.abs(z), -score, local))
-        # Rank within each node in numpy, so only the top few per node reach Python.
-        ranked_local = local[order]
-        starts = np.ones(len(order), dtype=bool)
-        starts[1:] = ranked_local[1:] != ranked_local[:-1]
-        index = np.arange(len(order))
-        rank = index - np.maximum.accumulate(np.where(starts, index, 0))
-        keep = order[rank < WHY_TOP]
+        keep = _top_in_groups(local, len(node_ids), (-np.abs(z), -score), WHY_TOP)
         top = series[keep]
         why: list[list[dict[str, Any]]] = [[] for _ in node_ids]
         for node_row, s, s_score, s_z, value in zip(
@@ -320,6 +308,54 @@ class ScoringEngine:
     def node_last_ts(self) -> dict[str, float]:
         st = self.state
         return dict(zip(st.node_ids, st.node_ts[: len(st.node_ids)].tolist(), strict=True))
+
+
+def _rank_in_runs(groups: np.ndarray) -> np.ndarray:
+    """Each element's position within its run of equal values (``groups`` sorted)."""
+    starts = np.ones(len(groups), dtype=bool)
+    starts[1:] = groups[1:] != groups[:-1]
+    index = np.arange(len(groups))
+    return index - np.maximum.accumulate(np.where(starts, index, 0))
+
+
+def _top_in_groups(
+    group: np.ndarray, n_groups: int, sort_keys: tuple[np.ndarray, ...], top: int
+) -> np.ndarray:
+    """Indices of each group's first ``top`` elements in ``np.lexsort(sort_keys)`` order.
+
+    Groups come in ascending order, exactly as ``np.lexsort((*sort_keys, group))`` cut at
+    ``top`` per group. Sorting each group in its own row of a NaN-padded matrix is many
+    times faster than one lexsort over every element (padding sorts after real entries:
+    NaN sorts last, and ties keep the real entry first).
+    """
+    width = int(np.bincount(group, minlength=n_groups).max()) if len(group) else 0
+    if n_groups * width > 2 * len(group) + 1024:  # too ragged to pad: one flat sort
+        order = np.lexsort((*sort_keys, group))
+        return order[_rank_in_runs(group[order]) < top]
+    if len(group) > 1 and (group[1:] < group[:-1]).any():
+        by_group = np.argsort(group, kind="stable")
+    else:
+        by_group = np.arange(len(group))
+    row, col = group[by_group], _rank_in_runs(group[by_group])
+    slot = np.full((n_groups, width), -1, dtype=np.int64)
+    slot[row, col] = by_group
+    padded = []
+    for key in sort_keys:
+        matrix = np.full((n_groups, width), np.nan)
+        matrix[row, col] = key[by_group]
+        padded.append(matrix)
+    picked = np.take_along_axis(slot, np.lexsort(padded, axis=-1)[:, :top], axis=1)
+    return picked[picked >= 0]
+
+
+def _bucket_rounds(nodes: np.ndarray, bucket: np.ndarray) -> np.ndarray:
+    """Each row's round: the rank of its bucket among its node's buckets in the batch."""
+    if bucket.min() == bucket.max():  # the usual scrape: no sort needed
+        return np.zeros(len(nodes), dtype=np.int64)
+    bucket_code = np.unique(bucket, return_inverse=True)[1].reshape(-1)
+    n_buckets = int(bucket_code.max()) + 1
+    pairs, pair_of_row = np.unique(nodes * n_buckets + bucket_code, return_inverse=True)
+    return _rank_in_runs(pairs // n_buckets)[pair_of_row.reshape(-1)]
 
 
 def _empty_risk() -> pd.DataFrame:
