@@ -279,21 +279,22 @@ class ScoringEngine:
         z = st.features.values_[series, _Z]
         keep = _top_in_groups(local, len(node_ids), (-np.abs(z), -score), WHY_TOP)
         top = series[keep]
-        why: list[list[dict[str, Any]]] = [[] for _ in node_ids]
-        for node_row, s, s_score, s_z, value in zip(
-            local[keep].tolist(),
-            top.tolist(),
-            np.round(st.series_score[top], 4).tolist(),
-            np.round(st.features.values_[top, _Z], 2).tolist(),
-            st.features.values_[top, 0].tolist(),
-            strict=True,
-        ):
-            why[node_row].append(
-                {"metric": st.series_metric[s], "score": s_score, "z": s_z, "value": value}
+        metric = st.series_metric
+        entries = [
+            {"metric": metric[s], "score": s_score, "z": s_z, "value": value}
+            for s, s_score, s_z, value in zip(
+                top.tolist(),
+                np.round(st.series_score[top], 4).tolist(),
+                np.round(st.features.values_[top, _Z], 2).tolist(),
+                st.features.values_[top, 0].tolist(),
+                strict=True,
             )
-        for i, p in enumerate(p_fail.tolist()):
-            if p == p:  # not NaN
-                why[i].insert(0, {"metric": "failure_model", "score": round(p, 4)})
+        ]
+        # ``keep`` runs node by node: cut the entries at each node's end.
+        ends = np.cumsum(np.bincount(local[keep], minlength=len(node_ids))).tolist()
+        why = [entries[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        for i in np.flatnonzero(~np.isnan(p_fail)).tolist():
+            why[i].insert(0, {"metric": "failure_model", "score": round(float(p_fail[i]), 4)})
         return why
 
     # -- queries ---------------------------------------------------------------------
