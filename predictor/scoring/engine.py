@@ -145,9 +145,10 @@ class ScoringEngine:
         scores = np.zeros(len(batch))
         if not len(batch):
             return StepResult(scores, _empty_risk())
+        st = self.state
         keys, nodes = self._keys(batch)
+        # Round r holds each node's r-th event-time bucket in this batch.
         rounds = _bucket_rounds(nodes, np.floor(batch.ts / max(self.settings.eval_step_s, 1e-9)))
-
         frames = []
         round_order = np.argsort(rounds, kind="stable")
         bounds = np.searchsorted(rounds[round_order], np.arange(rounds.max() + 2))
@@ -157,8 +158,12 @@ class ScoringEngine:
             if len(folded):
                 # A node whose samples were all late or repeated has nothing new to say:
                 # re-evaluating it would move its trend on a resent batch.
-                frames.append(self._evaluate(np.unique(nodes[folded]), folded, nodes, batch.ts))
-        risk = pd.concat(frames, ignore_index=True) if frames else _empty_risk()
+                reported = np.flatnonzero(np.bincount(nodes[folded], minlength=len(st.node_ids)))
+                frames.append(self._evaluate(reported, folded, nodes, batch.ts))
+        if len(frames) > 1:
+            risk = pd.concat(frames, ignore_index=True)
+        else:
+            risk = frames[0] if frames else _empty_risk()
         return StepResult(scores, risk)
 
     def _fold(
@@ -247,8 +252,13 @@ class ScoringEngine:
     def _series_of(self, node_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The series of the (sorted) ``node_ids`` and each one's row among them."""
         st = self.state
-        series = np.nonzero(np.isin(st.series_node[: len(st.series_ids)], node_ids))[0]
-        return series, np.searchsorted(node_ids, st.series_node[series])
+        chosen = np.zeros(len(st.node_ids), dtype=bool)
+        chosen[node_ids] = True
+        series_node = st.series_node[: len(st.series_ids)]
+        series = np.flatnonzero(chosen[series_node])
+        # A chosen node's row among node_ids = how many chosen nodes precede it.
+        row_of_node = np.cumsum(chosen) - 1
+        return series, row_of_node[series_node[series]]
 
     def node_features(
         self,
