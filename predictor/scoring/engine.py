@@ -343,18 +343,20 @@ def _top_in_groups(
     if n_groups * width > 2 * len(group) + 1024:  # too ragged to pad: one flat sort
         order = np.lexsort((*sort_keys, group))
         return order[_rank_in_runs(group[order]) < top]
-    if len(group) > 1 and (group[1:] < group[:-1]).any():
-        by_group = np.argsort(group, kind="stable")
+    in_order = len(group) < 2 or bool((group[1:] >= group[:-1]).all())
+    if in_order and len(group) == n_groups * width:  # every group full: just reshape
+        slot = np.arange(len(group)).reshape(n_groups, width)
+        padded = [key.reshape(n_groups, width) for key in sort_keys]
     else:
-        by_group = np.arange(len(group))
-    row, col = group[by_group], _rank_in_runs(group[by_group])
-    slot = np.full((n_groups, width), -1, dtype=np.int64)
-    slot[row, col] = by_group
-    padded = []
-    for key in sort_keys:
-        matrix = np.full((n_groups, width), np.nan)
-        matrix[row, col] = key[by_group]
-        padded.append(matrix)
+        by_group = np.arange(len(group)) if in_order else np.argsort(group, kind="stable")
+        row, col = group[by_group], _rank_in_runs(group[by_group])
+        slot = np.full((n_groups, width), -1, dtype=np.int64)
+        slot[row, col] = by_group
+        padded = []
+        for key in sort_keys:
+            matrix = np.full((n_groups, width), np.nan)
+            matrix[row, col] = key[by_group]
+            padded.append(matrix)
     picked = np.take_along_axis(slot, np.lexsort(padded, axis=-1)[:, :top], axis=1)
     return picked[picked >= 0]
 
