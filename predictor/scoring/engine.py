@@ -34,9 +34,9 @@ from predictor.ingest.batch import SampleBatch
 from predictor.training.model import BatchModel
 
 WHY_TOP = 3
-_RUN_PROBE = 256  # leading samples that tell whether a column comes in runs
 TREND_ALPHA = 0.1
 _Z = FEATURES.index("robust_z")
+_RUN_PROBE = 256  # leading samples that tell whether a column comes in runs
 
 
 @dataclass
@@ -88,8 +88,9 @@ class ScoringEngine:
     def _keys(self, batch: SampleBatch) -> tuple[np.ndarray, np.ndarray]:
         """Dense series keys and node ids for every row, registering new ones.
 
-        Strings are hashed once per distinct node and metric of the batch; series are then
-        found by an integer search, not a Python loop per (node, metric) pair.
+        Names are factorized once per batch (node names once per run of rows) and looked
+        up once per distinct name; series are then found by an integer search, not a
+        Python loop per (node, metric) pair.
         """
         st = self.state
         node_codes, node_uniques = _factorize(batch.node)
