@@ -278,10 +278,9 @@ def _risk_view(row: dict[str, Any], state: dict[str, Any] | None, now: float) ->
 def fleet_risk(*, runtime: Runtime, top: int) -> list[dict[str, Any]]:
     if runtime.scorer is None:
         return _stored_risk(runtime=runtime, top=top)
-    latest = runtime.scorer.latest
+    rows = runtime.scorer.latest.top(top)  # a partition, not a sort of the fleet
     now = runtime.scorer.engine.fleet_now()
     states = runtime.store.node_states()
-    rows = sorted(latest.values(), key=lambda r: -r["risk"])[:top]
     return [_risk_view(r, states.get(r["node"]), now) for r in rows]
 
 

@@ -122,8 +122,11 @@ class RuntimeCollector(Collector):
             "predictor_node_risk", "Each node's latest fused risk in [0, 1].",
             labels=["node", "pool"],
         )  # fmt: skip
-        latest = rt.scorer.latest.values() if rt.scorer else rt.store.latest_risk()
-        for row in sorted(latest, key=lambda r: r["node"]):
-            pool = (nodes.get(row["node"]) or {}).get("pool") or "default"
-            risk.add_metric([row["node"], pool], float(row["risk"]))
+        if rt.scorer:  # the risk column, not a row dict per node
+            risk_of = rt.scorer.latest.risk_by_node()
+        else:
+            risk_of = {r["node"]: float(r["risk"]) for r in rt.store.latest_risk()}
+        for node, value in sorted(risk_of.items()):
+            pool = (nodes.get(node) or {}).get("pool") or "default"
+            risk.add_metric([node, pool], value)
         yield risk

@@ -77,3 +77,15 @@ def grow(array: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
     out = np.full((new_len, *array.shape[1:]), fill, dtype=array.dtype)
     out[: len(array)] = array
     return out
+
+
+def rows_of(keys: np.ndarray) -> slice | np.ndarray:
+    """``keys`` as an index into per-series arrays: a slice when they are one ascending run.
+
+    A full scrape of a fleet arrives as every series in key order; a slice then reads
+    contiguous memory without the gather (and copy) of fancy indexing.
+    """
+    n = len(keys)
+    if n > 1 and keys[-1] - keys[0] == n - 1 and (keys[1:] - keys[:-1] == 1).all():
+        return slice(int(keys[0]), int(keys[-1]) + 1)
+    return keys

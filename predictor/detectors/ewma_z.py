@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow, rows_of
 
 
 class EwmaZScore(OnlineDetector):
@@ -38,10 +38,11 @@ class EwmaZScore(OnlineDetector):
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
-        count = self.count_[keys]
+        at = rows_of(keys)
+        count, mean = self.count_[at], self.mean_[at]
         # The floor keeps a perfectly flat series from turning any change into z = inf.
-        scale = np.sqrt(self.var_[keys]) + 1e-9 + 1e-3 * np.abs(self.mean_[keys])
-        z = np.abs(values - self.mean_[keys]) / scale
+        scale = np.sqrt(self.var_[at]) + 1e-9 + 1e-3 * np.abs(mean)
+        z = np.abs(values - mean) / scale
         # log10 of the two-sided tail probability 2 * sf(z), computed stably for large z.
         log10_p = (np.log(2.0) + special.log_ndtr(-z)) / np.log(10.0)
         scores = np.clip(-log10_p / 10.0, 0.0, 1.0)
@@ -49,11 +50,12 @@ class EwmaZScore(OnlineDetector):
 
     def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
         self._ensure(keys)
-        first = self.count_[keys] == 0
-        mean = np.where(first, values, self.mean_[keys])
-        var = np.where(first, 0.0, self.var_[keys])
+        at = rows_of(keys)
+        first = self.count_[at] == 0
+        mean = np.where(first, values, self.mean_[at])
+        var = np.where(first, 0.0, self.var_[at])
         delta = values - mean
         a = self.alpha
-        self.mean_[keys] = mean + a * delta
-        self.var_[keys] = (1 - a) * (var + a * delta * delta)
-        self.count_[keys] += 1
+        self.mean_[at] = mean + a * delta
+        self.var_[at] = (1 - a) * (var + a * delta * delta)
+        self.count_[at] += 1

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from predictor.detectors.base import grow
+from predictor.detectors.base import grow, rows_of
 
 ALPHA_FAST = 0.3
 ALPHA_SLOW = 0.05
@@ -67,47 +67,55 @@ class OnlineFeatures:
         if not len(keys):
             return np.zeros(0, dtype=bool)
         self.ensure(int(keys.max()) + 1)
-        count = self.count_[keys]
-        s = self.state_[keys]
+        at = rows_of(keys)
+        count, s = self.count_[at], self.state_[at]
         first = count == 0
         in_order = first | (t > s[:, 1])
-        keys, x, t, count, s, first = (
-            keys[in_order],
-            x[in_order],
-            t[in_order],
-            count[in_order],
-            s[in_order],
-            first[in_order],
-        )
-        last_x = np.where(first, x, s[:, 0])
-        gap = np.where(first, 0.0, t - s[:, 1])
-        rate = np.where(first, 0.0, (x - last_x) / np.where(gap > 0, gap, 1.0))
-        m_fast, v_fast = _ewm_step(
-            np.where(first, x, s[:, 2]), np.where(first, 0.0, s[:, 3]), x, ALPHA_FAST
-        )
-        baseline_prev = np.where(first, x, s[:, 4])
-        mad_prev = np.where(first, 0.0, s[:, 7])
-        m_slow, v_slow = _ewm_step(baseline_prev, np.where(first, 0.0, s[:, 5]), x, ALPHA_SLOW)
-        slope = np.where(first, 0.0, s[:, 6] + ALPHA_SLOW * (rate - s[:, 6]))
+        if not in_order.all():
+            keys, x, t, count, s, first = (
+                keys[in_order], x[in_order], t[in_order], count[in_order], s[in_order],
+                first[in_order],
+            )  # fmt: skip
+            at = rows_of(keys)
+        if first.any():
+            # A new series starts from its own sample (gap, rate, spread and slope 0):
+            # from this state the updates below give exactly that.
+            s = s.copy()
+            s[first] = 0.0
+            for column in (0, 2, 4, 8):
+                s[first, column] = x[first]
+            s[first, 1] = t[first]
+        last_x, last_t = s[:, 0], s[:, 1]
+        gap = t - last_t
+        rate = (x - last_x) / np.where(gap > 0, gap, 1.0)
+        m_fast, v_fast = _ewm_step(s[:, 2], s[:, 3], x, ALPHA_FAST)
+        baseline_prev, mad_prev = s[:, 4], s[:, 7]
+        m_slow, v_slow = _ewm_step(baseline_prev, s[:, 5], x, ALPHA_SLOW)
+        slope = s[:, 6] + ALPHA_SLOW * (rate - s[:, 6])
         deviation = np.abs(x - baseline_prev)
         mad = mad_prev + ALPHA_SLOW * (deviation - mad_prev)
-        m_long, v_long = _ewm_step(
-            np.where(first, x, s[:, 8]), np.where(first, 0.0, s[:, 9]), x, ALPHA_LONG
-        )
+        m_long, v_long = _ewm_step(s[:, 8], s[:, 9], x, ALPHA_LONG)
         drift = _drift(m_fast, m_long, v_long)
         z = np.where(count >= WARMUP, (x - baseline_prev) / _scale(mad_prev, baseline_prev), 0.0)
-        self.state_[keys] = np.column_stack(
-            [x, t, m_fast, v_fast, m_slow, v_slow, slope, mad, m_long, v_long]
-        )
-        self.count_[keys] = count + 1
-        self.values_[keys] = np.column_stack(
-            [x, m_fast, m_slow, np.sqrt(v_fast), np.sqrt(v_slow), rate, slope,
-             np.clip(z, -Z_CLIP, Z_CLIP), gap, m_long, np.sqrt(v_long), drift]
-        )  # fmt: skip
+        _put_columns(self.state_, at, x, t, m_fast, v_fast, m_slow, v_slow, slope, mad,
+                     m_long, v_long)  # fmt: skip
+        self.count_[at] = count + 1
+        _put_columns(self.values_, at, x, m_fast, m_slow, np.sqrt(v_fast), np.sqrt(v_slow),
+                     rate, slope, np.clip(z, -Z_CLIP, Z_CLIP), gap, m_long, np.sqrt(v_long),
+                     drift)  # fmt: skip
         return in_order
 
     def last_ts(self, keys: np.ndarray) -> np.ndarray:
         return np.where(self.count_[keys] > 0, self.state_[keys, 1], np.nan)
+
+
+def _put_columns(table: np.ndarray, at: slice | np.ndarray, *columns: np.ndarray) -> None:
+    """``table[at] = column_stack(columns)``, written in place when ``at`` is a slice."""
+    if isinstance(at, slice):
+        for j, column in enumerate(columns):
+            table[at, j] = column
+    else:
+        table[at] = np.column_stack(columns)
 
 
 def _drift(m_fast: np.ndarray, m_long: np.ndarray, v_long: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ so replaying history at full speed gives the decisions the live service would ha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from predictor.training.model import BatchModel
 WHY_TOP = 3
 TREND_ALPHA = 0.1
 _Z = FEATURES.index("robust_z")
+_RUN_PROBE = 256  # leading samples that tell whether a column comes in runs
 
 
 @dataclass
@@ -86,20 +88,15 @@ class ScoringEngine:
     def _keys(self, batch: SampleBatch) -> tuple[np.ndarray, np.ndarray]:
         """Dense series keys and node ids for every row, registering new ones.
 
-        Strings are hashed once per distinct node and metric of the batch; series are then
-        found by an integer search, not a Python loop per (node, metric) pair.
+        Names are factorized once per batch (node names once per run of rows) and looked
+        up once per distinct name; series are then found by an integer search, not a
+        Python loop per (node, metric) pair.
         """
         st = self.state
-        node_codes, node_uniques = pd.factorize(batch.node)
-        metric_codes, metric_uniques = pd.factorize(batch.metric)
-        node_id_of = np.array(
-            [st.node_ids.setdefault(n, len(st.node_ids)) for n in node_uniques.tolist()],
-            dtype=np.int64,
-        )
-        metric_id_of = np.array(
-            [st.metric_ids.setdefault(m, len(st.metric_ids)) for m in metric_uniques.tolist()],
-            dtype=np.int64,
-        )
+        node_codes, node_uniques = _factorize(batch.node)
+        metric_codes, metric_uniques = _factorize(batch.metric)
+        node_id_of = _ids(st.node_ids, node_uniques.tolist())
+        metric_id_of = _ids(st.metric_ids, metric_uniques.tolist())
         packed = (node_id_of[node_codes] << 32) | metric_id_of[metric_codes]
         pair_codes, pair_uniques = pd.factorize(packed)
         pair_uniques = np.asarray(pair_uniques, dtype=np.int64)
@@ -145,20 +142,10 @@ class ScoringEngine:
         scores = np.zeros(len(batch))
         if not len(batch):
             return StepResult(scores, _empty_risk())
+        st = self.state
         keys, nodes = self._keys(batch)
-        bucket = np.floor(batch.ts / max(self.settings.eval_step_s, 1e-9))
         # Round r holds each node's r-th event-time bucket in this batch.
-        order = np.lexsort((batch.ts, bucket, nodes))
-        n_sorted, b_sorted = nodes[order], bucket[order]
-        new_group = np.ones(len(order), dtype=bool)
-        new_group[1:] = (n_sorted[1:] != n_sorted[:-1]) | (b_sorted[1:] != b_sorted[:-1])
-        group = np.cumsum(new_group) - 1
-        node_start = np.ones(len(order), dtype=bool)
-        node_start[1:] = n_sorted[1:] != n_sorted[:-1]
-        first_group = np.maximum.accumulate(np.where(node_start, group, 0))
-        rounds = np.empty(len(order), dtype=np.int64)
-        rounds[order] = group - first_group
-
+        rounds = _bucket_rounds(nodes, np.floor(batch.ts / max(self.settings.eval_step_s, 1e-9)))
         frames = []
         round_order = np.argsort(rounds, kind="stable")
         bounds = np.searchsorted(rounds[round_order], np.arange(rounds.max() + 2))
@@ -168,8 +155,12 @@ class ScoringEngine:
             if len(folded):
                 # A node whose samples were all late or repeated has nothing new to say:
                 # re-evaluating it would move its trend on a resent batch.
-                frames.append(self._evaluate(np.unique(nodes[folded]), folded, nodes, batch.ts))
-        risk = pd.concat(frames, ignore_index=True) if frames else _empty_risk()
+                reported = np.flatnonzero(np.bincount(nodes[folded], minlength=len(st.node_ids)))
+                frames.append(self._evaluate(reported, folded, nodes, batch.ts))
+        if len(frames) > 1:
+            risk = pd.concat(frames, ignore_index=True)
+        else:
+            risk = frames[0] if frames else _empty_risk()
         return StepResult(scores, risk)
 
     def _fold(
@@ -181,13 +172,19 @@ class ScoringEngine:
         """
         st = self.state
         folded = []
-        rows = rows[np.lexsort((batch.ts[rows], keys[rows]))]
         k = keys[rows]
-        starts = np.ones(len(k), dtype=bool)
-        starts[1:] = k[1:] != k[:-1]
-        rank = np.arange(len(k)) - np.maximum.accumulate(np.where(starts, np.arange(len(k)), 0))
-        for r in range(int(rank.max()) + 1):
-            sub = rows[rank == r]
+        if len(k) > 1 and not (k[1:] > k[:-1]).all():
+            # Sorting by series alone suffices while each series has one sample here; the
+            # (series, ts) lexsort, far slower on floats, only when one has several.
+            order = np.argsort(k, kind="stable")
+            by_series = k[order]
+            if (by_series[1:] == by_series[:-1]).any():
+                order = np.lexsort((batch.ts[rows], k))
+            rows, k = rows[order], k[order]
+        rank = _rank_in_runs(k)
+        n_ranks = int(rank.max()) + 1 if len(k) else 0
+        for r in range(n_ranks):
+            sub = rows if n_ranks == 1 else rows[rank == r]
             sk, sx, stt = keys[sub], batch.value[sub], batch.ts[sub]
             in_order = st.features.update(sk, sx, stt)
             sub, sk, sx, stt = sub[in_order], sk[in_order], sx[in_order], stt[in_order]
@@ -252,8 +249,13 @@ class ScoringEngine:
     def _series_of(self, node_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The series of the (sorted) ``node_ids`` and each one's row among them."""
         st = self.state
-        series = np.nonzero(np.isin(st.series_node[: len(st.series_ids)], node_ids))[0]
-        return series, np.searchsorted(node_ids, st.series_node[series])
+        chosen = np.zeros(len(st.node_ids), dtype=bool)
+        chosen[node_ids] = True
+        series_node = st.series_node[: len(st.series_ids)]
+        series = np.flatnonzero(chosen[series_node])
+        # A chosen node's row among node_ids = how many chosen nodes precede it.
+        row_of_node = np.cumsum(chosen) - 1
+        return series, row_of_node[series_node[series]]
 
     def node_features(
         self,
@@ -282,30 +284,24 @@ class ScoringEngine:
         st = self.state
         score = st.series_score[series]
         z = st.features.values_[series, _Z]
-        order = np.lexsort((-np.abs(z), -score, local))
-        # Rank within each node in numpy, so only the top few per node reach Python.
-        ranked_local = local[order]
-        starts = np.ones(len(order), dtype=bool)
-        starts[1:] = ranked_local[1:] != ranked_local[:-1]
-        index = np.arange(len(order))
-        rank = index - np.maximum.accumulate(np.where(starts, index, 0))
-        keep = order[rank < WHY_TOP]
+        keep = _top_in_groups(local, len(node_ids), (-np.abs(z), -score), WHY_TOP)
         top = series[keep]
-        why: list[list[dict[str, Any]]] = [[] for _ in node_ids]
-        for node_row, s, s_score, s_z, value in zip(
-            local[keep].tolist(),
-            top.tolist(),
-            np.round(st.series_score[top], 4).tolist(),
-            np.round(st.features.values_[top, _Z], 2).tolist(),
-            st.features.values_[top, 0].tolist(),
-            strict=True,
-        ):
-            why[node_row].append(
-                {"metric": st.series_metric[s], "score": s_score, "z": s_z, "value": value}
+        metric = st.series_metric
+        entries = [
+            {"metric": metric[s], "score": s_score, "z": s_z, "value": value}
+            for s, s_score, s_z, value in zip(
+                top.tolist(),
+                np.round(st.series_score[top], 4).tolist(),
+                np.round(st.features.values_[top, _Z], 2).tolist(),
+                st.features.values_[top, 0].tolist(),
+                strict=True,
             )
-        for i, p in enumerate(p_fail.tolist()):
-            if p == p:  # not NaN
-                why[i].insert(0, {"metric": "failure_model", "score": round(p, 4)})
+        ]
+        # ``keep`` runs node by node: cut the entries at each node's end.
+        ends = np.cumsum(np.bincount(local[keep], minlength=len(node_ids))).tolist()
+        why = [entries[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        for i in np.flatnonzero(~np.isnan(p_fail)).tolist():
+            why[i].insert(0, {"metric": "failure_model", "score": round(float(p_fail[i]), 4)})
         return why
 
     # -- queries ---------------------------------------------------------------------
@@ -320,6 +316,81 @@ class ScoringEngine:
     def node_last_ts(self) -> dict[str, float]:
         st = self.state
         return dict(zip(st.node_ids, st.node_ts[: len(st.node_ids)].tolist(), strict=True))
+
+
+def _ids(registry: dict[str, int], names: list[str]) -> np.ndarray:
+    """The id of each name, registering new names (in order) with the next free ids."""
+    ids = np.fromiter(map(registry.get, names, repeat(-1)), dtype=np.int64, count=len(names))
+    for i in np.flatnonzero(ids < 0).tolist():  # only the names seen for the first time
+        ids[i] = registry.setdefault(names[i], len(registry))
+    return ids
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize``, hashing one string per run of equal neighbours when runs are long.
+
+    Scrapers send a node's samples together, so the node column is mostly runs: comparing
+    neighbours costs a fraction of hashing every string.
+    """
+    head = values[:_RUN_PROBE]
+    if len(values) > _RUN_PROBE and 2 * int((head[1:] != head[:-1]).sum()) < len(head):
+        starts = np.ones(len(values), dtype=bool)
+        np.not_equal(values[1:], values[:-1], out=starts[1:])
+        first = np.flatnonzero(starts)
+        codes, uniques = pd.factorize(values[first])
+        return np.repeat(codes, np.diff(first, append=len(values))), np.asarray(uniques)
+    codes, uniques = pd.factorize(values)
+    return codes, np.asarray(uniques)
+
+
+def _rank_in_runs(groups: np.ndarray) -> np.ndarray:
+    """Each element's position within its run of equal values (``groups`` sorted)."""
+    starts = np.ones(len(groups), dtype=bool)
+    starts[1:] = groups[1:] != groups[:-1]
+    index = np.arange(len(groups))
+    return index - np.maximum.accumulate(np.where(starts, index, 0))
+
+
+def _top_in_groups(
+    group: np.ndarray, n_groups: int, sort_keys: tuple[np.ndarray, ...], top: int
+) -> np.ndarray:
+    """Indices of each group's first ``top`` elements in ``np.lexsort(sort_keys)`` order.
+
+    Groups come in ascending order, exactly as ``np.lexsort((*sort_keys, group))`` cut at
+    ``top`` per group. Sorting each group in its own row of a NaN-padded matrix is many
+    times faster than one lexsort over every element (padding sorts after real entries:
+    NaN sorts last, and ties keep the real entry first).
+    """
+    width = int(np.bincount(group, minlength=n_groups).max()) if len(group) else 0
+    if n_groups * width > 2 * len(group) + 1024:  # too ragged to pad: one flat sort
+        order = np.lexsort((*sort_keys, group))
+        return order[_rank_in_runs(group[order]) < top]
+    in_order = len(group) < 2 or bool((group[1:] >= group[:-1]).all())
+    if in_order and len(group) == n_groups * width:  # every group full: just reshape
+        slot = np.arange(len(group)).reshape(n_groups, width)
+        padded = [key.reshape(n_groups, width) for key in sort_keys]
+    else:
+        by_group = np.arange(len(group)) if in_order else np.argsort(group, kind="stable")
+        row, col = group[by_group], _rank_in_runs(group[by_group])
+        slot = np.full((n_groups, width), -1, dtype=np.int64)
+        slot[row, col] = by_group
+        padded = []
+        for key in sort_keys:
+            matrix = np.full((n_groups, width), np.nan)
+            matrix[row, col] = key[by_group]
+            padded.append(matrix)
+    picked = np.take_along_axis(slot, np.lexsort(padded, axis=-1)[:, :top], axis=1)
+    return picked[picked >= 0]
+
+
+def _bucket_rounds(nodes: np.ndarray, bucket: np.ndarray) -> np.ndarray:
+    """Each row's round: the rank of its bucket among its node's buckets in the batch."""
+    if bucket.min() == bucket.max():  # the usual scrape: no sort needed
+        return np.zeros(len(nodes), dtype=np.int64)
+    bucket_code = np.unique(bucket, return_inverse=True)[1].reshape(-1)
+    n_buckets = int(bucket_code.max()) + 1
+    pairs, pair_of_row = np.unique(nodes * n_buckets + bucket_code, return_inverse=True)
+    return _rank_in_runs(pairs // n_buckets)[pair_of_row.reshape(-1)]
 
 
 def _empty_risk() -> pd.DataFrame:

@@ -9,7 +9,6 @@ import threading
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import joblib
 import pandas as pd
@@ -17,6 +16,7 @@ import pandas as pd
 from predictor.ingest.batch import SampleBatch
 from predictor.policy import Policy
 from predictor.scoring.engine import EngineState, ScoringEngine
+from predictor.scoring.latest import LatestRisk
 from predictor.store import Store
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Scorer:
         self.engine = engine
         self.policy = policy
         self.checkpoint_path = checkpoint_path
-        self.latest: dict[str, dict[str, Any]] = {}  # node -> its latest risk row
+        self.latest = LatestRisk()  # node -> its latest risk row
         self.lock = threading.Lock()  # one step at a time (the thread, replays, tests)
 
     @property
@@ -77,7 +77,7 @@ class Scorer:
             self.policy.decide(
                 result.risk,
                 node_last_ts=self.engine.node_last_ts(),
-                node_risk={n: r["risk"] for n, r in self.latest.items()},
+                node_risk=self.latest.risk_by_node(),
             )
         self.engine.state.scored_rowid = position
         return result.risk
@@ -90,10 +90,7 @@ class Scorer:
         return total
 
     def _remember(self, risk: pd.DataFrame) -> None:
-        latest = dict(self.latest)
-        for row in risk.drop_duplicates("node", keep="last").to_dict("records"):
-            latest[row["node"]] = row
-        self.latest = latest  # swapped whole: readers never see a half-updated dict
+        self.latest = self.latest.updated(risk)  # swapped whole: readers never see half
 
     # -- checkpoints -------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -117,7 +114,7 @@ class Scorer:
         with self.lock:
             self.engine.state = state["engine"]
             self.policy.import_state(state["policy"])
-            self.latest = state["latest"]
+            self.latest = LatestRisk.of(state["latest"])  # older snapshots hold a dict
 
     def checkpoint(self) -> None:
         """Save the snapshot atomically to the checkpoint file (write, fsync, rename)."""
