@@ -95,7 +95,8 @@ async def _time_worker(
         # One cheap aggregate, so that polling takes little from the worker being timed.
         with psycopg.connect(str(settings.database_url)) as conn:
             row = conn.execute(
-                "SELECT (SELECT count(*) FROM samples), count(*), min(ts) FROM risk_latest"
+                "SELECT (SELECT coalesce(max(position), 0) FROM sample_batches), count(*), min(ts)"
+                " FROM risk_latest"
             ).fetchone()
         assert row is not None
         return row[0] == total and row[1] == n_nodes and row[2] >= last_ts

@@ -24,6 +24,7 @@ from server_process import DEV_AUTH, ServerProcess
 from predictor.config import Settings
 from predictor.ingest import SampleBatch
 from predictor.service import Runtime
+from predictor.store import SQLiteStore
 
 T0 = 1_764_115_200.0  # fixed event time: the reference run sees exactly the same stamps
 STEP_S = 10.0
@@ -128,16 +129,17 @@ def test_sigkill_loses_nothing_acknowledged_and_risk_resumes(tmp_path: Path) -> 
     acked = pd.concat([batch_frame(i) for i in client.acked], ignore_index=True)
     assert len(client.acked) >= ROUNDS  # every round acknowledged at least one batch
 
-    # Every acknowledged sample is in the store: read the SQLite file directly.
-    with sqlite3.connect(db) as conn:
-        stored = pd.read_sql_query("SELECT node, metric, ts, value FROM samples", conn)
+    # Every acknowledged sample is in the store: open the SQLite file the server left.
+    store = SQLiteStore(db)
+    stored, in_log = store.samples_frame(), store.last_sample_rowid()
+    store.close()
     keys = ["node", "metric", "ts", "value"]
-    present = acked.merge(stored.drop_duplicates(), on=keys, how="left", indicator=True)
+    present = acked.merge(stored, on=keys, how="left", indicator=True)
     missing = present[present["_merge"] != "both"]
     assert missing.empty, f"{len(missing)} acknowledged samples lost:\n{missing.head()}"
-    # Unacknowledged batches were all resent, so the store holds nothing else, and ingest
-    # is idempotent, so a batch committed before its 202 was lost is there once.
-    assert len(stored) == len(acked)
+    # Unacknowledged batches were all resent, so the log holds nothing else, and ingest
+    # is idempotent, so a batch committed before its 202 was lost is in the log once.
+    assert in_log == len(stored) == len(acked)
 
     # The same acknowledged samples, in the same order, through a run that never crashed.
     reference = Runtime.build(

@@ -7,7 +7,6 @@ back, everything answered 202 must be in the store, and memory must stay bounded
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -17,6 +16,8 @@ import httpx
 import pandas as pd
 import pytest
 from server_process import DEV_AUTH, ServerProcess
+
+from predictor.store import SQLiteStore
 
 T0 = 1_764_115_200.0
 CLIENTS = 12
@@ -100,13 +101,14 @@ def test_overload_answers_503_with_retry_after_and_loses_nothing(tmp_path: Path)
 
     # Nothing acknowledged was lost.
     expected = pd.concat(acked, ignore_index=True)
-    with sqlite3.connect(server.db) as conn:
-        stored = pd.read_sql_query("SELECT node, metric, ts, value FROM samples", conn)
+    store = SQLiteStore(server.db)
+    stored, in_log = store.samples_frame(), store.last_sample_rowid()
+    store.close()
     merged = expected.merge(
         stored, on=["node", "metric", "ts", "value"], how="left", indicator=True
     )
     assert (merged["_merge"] == "both").all()
-    assert len(stored) == len(expected)  # and a refused batch left nothing behind
+    assert in_log == len(expected)  # and a refused batch left nothing behind
 
     # Memory stays bounded under load: well inside a generous multiple of the warm size.
     assert max(peak_rss) < 2 * warm_rss, (warm_rss, max(peak_rss))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from server_process import DEV_AUTH, ServerProcess
 
 from predictor.logging_setup import JsonFormatter
+from predictor.store import SQLiteStore
 
 T0 = 1_764_115_200.0
 
@@ -62,8 +62,9 @@ def test_sigterm_checkpoints_every_stored_sample_and_logs_json(tmp_path: Path) -
     assert not state.exists()
     server.terminate()  # straight after the last 202: the scorer may still be behind
 
-    with sqlite3.connect(server.db) as conn:
-        stored = conn.execute("SELECT count(*), max(rowid) FROM samples").fetchone()
+    store = SQLiteStore(server.db)
+    stored = (store.count_samples(), store.last_sample_rowid())
+    store.close()
     assert stored == (600, 600)
     assert joblib.load(state)["engine"].scored_rowid == 600
 

@@ -219,18 +219,19 @@ class Worker:
             return 0
         done = part.scorer.scored_rowid
         fresh = [m for m in messages if m.metadata.sequence.stream > done]
-        batch = SampleBatch.concat([decode(m.data) for m in fresh])
+        batches = [decode(m.data) for m in fresh]
         if fresh:
             position = fresh[-1].metadata.sequence.stream
-            await asyncio.to_thread(self._score, part, batch, position)
+            await asyncio.to_thread(self._score, part, batches, position)
         await messages[-1].ack()  # AckPolicy.ALL: acknowledges every earlier one too
-        return len(batch)
+        return sum(len(b) for b in batches)
 
-    def _score(self, part: OwnedPartition, batch: SampleBatch, position: int) -> None:
-        # Stored before scoring, so training sees every sample; idempotent on a replay.
-        self.store.append_samples(batch)
+    def _score(self, part: OwnedPartition, batches: list[SampleBatch], position: int) -> None:
+        # Stored before scoring, so training sees every sample. One log batch per stream
+        # message, so a replay (however its fetches group the messages) stores none twice.
+        self.store.append_batches(batches)
         with part.scorer.lock:
-            part.scorer.score(batch, position=position)
+            part.scorer.score(SampleBatch.concat(batches), position=position)
 
     async def _checkpoint_due(self) -> None:
         now = time.monotonic()

@@ -129,7 +129,7 @@ class Store(ABC):
     """
 
     dialect: Dialect
-    _appends: GroupCommit  # backends set it to GroupCommit(self._commit_samples)
+    _appends: GroupCommit  # backends set it to GroupCommit(self.append_batches)
 
     # -- what a backend provides -------------------------------------------------------
     @abstractmethod
@@ -193,8 +193,12 @@ class Store(ABC):
         """
         return self._appends.append(batch)
 
-    def _commit_samples(self, batches: list[SampleBatch]) -> int:
-        """Append batches in order in one transaction; the last log position after it."""
+    def append_batches(self, batches: list[SampleBatch]) -> int:
+        """Append batches in order in one transaction; the last log position after it.
+
+        Each batch keeps its own identity (and idempotency key): a caller resending the
+        same batches, however it groups them, stores each once.
+        """
         rows = [_encode(b) for b in batches if len(b)]
         with self._begin(APPEND_LOCK) as conn:
             if rows:

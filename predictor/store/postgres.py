@@ -63,7 +63,7 @@ class PostgresStore(Store):
         self._read_lock = threading.RLock()
         self._write = self._connect_write()
         self._read = psycopg.connect(url, autocommit=True)
-        self._appends = GroupCommit(self._commit_samples)
+        self._appends = GroupCommit(self.append_batches)
         self._migrate()
 
     def _connect_write(self) -> psycopg.Connection[Any]:

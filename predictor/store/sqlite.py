@@ -37,7 +37,7 @@ class SQLiteStore(Store):
         else:
             self._read = self._connect()
             self._read_lock = threading.RLock()
-        self._appends = GroupCommit(self._commit_samples)
+        self._appends = GroupCommit(self.append_batches)
         self._migrate()
 
     def _connect(self) -> sqlite3.Connection:
