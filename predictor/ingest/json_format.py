@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from predictor.ingest.batch import SampleBatch
@@ -27,6 +28,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 SAMPLE_FIELDS = {"node", "metric", "ts", "value", "labels"}
 COMPACT_FIELDS = {"node", "ts", "values", "labels"}
 MAX_ERRORS_REPORTED = 50
+_BULK_SAMPLE = {"node", "metric", "ts", "value"}
+_BULK_GROUP = {"node", "ts", "values"}
+_NUMBER_TYPES = (int, float)
 
 
 @dataclass
@@ -131,6 +135,64 @@ def _count_samples(doc: Any) -> int:
     )
 
 
+def _bulk_columns(
+    nodes: list[Any], metrics: list[Any], stamps: list[Any], values: list[Any], limits: Limits
+) -> SampleBatch | None:
+    """Columns checked as wholes: names once per distinct name, numbers as arrays.
+
+    None when anything is off (or a timestamp is a string): the caller then validates
+    sample by sample, which names every offender. Both paths accept the same batches.
+    """
+    try:
+        if not all(type(n) is str for n in {*nodes, *metrics}):  # unhashable: TypeError
+            return None
+        if not all(NAME_PATTERN.match(n) for n in {*nodes, *metrics}):
+            return None
+        # type(...) in, not isinstance: a bool is an int, and not a sample value here.
+        if not all(type(x) in _NUMBER_TYPES for x in stamps) or not all(
+            type(x) in _NUMBER_TYPES for x in values
+        ):
+            return None
+        ts, value = np.array(stamps, dtype=np.float64), np.array(values, dtype=np.float64)
+    except (TypeError, OverflowError):
+        return None
+    if not (np.isfinite(ts).all() and np.isfinite(value).all()):
+        return None
+    if (
+        limits.now
+        and not (
+            (ts >= limits.now - limits.max_age_s) & (ts <= limits.now + limits.future_tolerance_s)
+        ).all()
+    ):
+        return None
+    return SampleBatch.from_columns(nodes, metrics, ts, value)
+
+
+def _bulk(doc: Any, limits: Limits) -> SampleBatch | None:
+    """The fast path for well-formed bodies without labels (see :func:`_bulk_columns`)."""
+    if isinstance(doc, dict) and isinstance(doc.get("samples"), list) and len(doc) == 1:
+        items = doc["samples"]
+        if not all(type(it) is dict and it.keys() == _BULK_SAMPLE for it in items):
+            return None
+        return _bulk_columns(
+            [it["node"] for it in items], [it["metric"] for it in items],
+            [it["ts"] for it in items], [it["value"] for it in items], limits,
+        )  # fmt: skip
+    groups = doc if isinstance(doc, list) else [doc]
+    if not all(
+        type(g) is dict and g.keys() == _BULK_GROUP and type(g["values"]) is dict for g in groups
+    ):
+        return None
+    sizes = [len(g["values"]) for g in groups]
+    return _bulk_columns(
+        [g["node"] for g, k in zip(groups, sizes, strict=True) for _ in range(k)],
+        [m for g in groups for m in g["values"]],
+        [g["ts"] for g, k in zip(groups, sizes, strict=True) for _ in range(k)],
+        [v for g in groups for v in g["values"].values()],
+        limits,
+    )
+
+
 def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:
     """Parse and validate a JSON metrics body; raise :class:`IngestError` on any bad sample."""
     doc = _loads(body)
@@ -139,7 +201,13 @@ def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:
         raise IngestError(
             [{"error": f"too many samples: at most {limits.max_samples} per request"}], status=413
         )
+    if (batch := _bulk(doc, limits)) is not None:
+        return batch
+    return _one_by_one(doc, limits)
 
+
+def _one_by_one(doc: Any, limits: Limits) -> SampleBatch:
+    """Validate sample by sample, naming every offender (at most MAX_ERRORS_REPORTED)."""
     nodes: list[str] = []
     metrics: list[str] = []
     stamps: list[float] = []

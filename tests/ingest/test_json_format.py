@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from predictor.ingest import IngestError, Limits, SampleBatch, parse_metrics_json
+from predictor.ingest.json_format import _bulk, _one_by_one
 
 NOW = 1_764_115_200.0  # 2025-11-26T00:00:00Z
 GOOD = '{"node": "web-1", "metric": "cpu", "ts": 1764115200, "value": 0.5}'
@@ -375,3 +376,37 @@ def test_arbitrary_json_raises_only_ingest_error(items: list[dict]) -> None:
     limits = Limits(max_samples=5, now=NOW)
     for doc in ({"samples": items}, items, items[0] if items else {}):
         _parse_or_ingest_error(orjson.dumps(doc), limits)
+
+
+def _same_as_one_by_one(doc: object, limits: Limits) -> None:
+    """The bulk path accepts only what the sample-by-sample path accepts, with equal columns."""
+    fast = _bulk(doc, limits)
+    try:
+        slow = _one_by_one(doc, limits)
+    except IngestError:
+        assert fast is None
+        return
+    if fast is not None:
+        for column in ("node", "metric", "ts", "value"):
+            assert getattr(fast, column).tolist() == getattr(slow, column).tolist()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_bodies(), st.lists(st.dictionaries(fields, json_values | names), max_size=4))
+def test_bulk_path_agrees_with_the_sample_by_sample_path(
+    case: tuple[bytes, list], items: list[dict]
+) -> None:
+    limits = Limits(max_samples=10_000, now=NOW)
+    _same_as_one_by_one(orjson.loads(case[0]), Limits())
+    for doc in ({"samples": items}, items, items[0] if items else {}):
+        _same_as_one_by_one(doc, limits)
+
+
+def test_bulk_path_takes_plain_batches_and_leaves_the_rest() -> None:
+    plain = {"samples": [{"node": "a", "metric": "cpu", "ts": NOW, "value": 1}]}
+    assert _bulk(plain, Limits(now=NOW)) is not None
+    assert _bulk([{"node": "a", "ts": NOW, "values": {"cpu": 1.5}}], Limits(now=NOW)) is not None
+    labelled = {"samples": [{**plain["samples"][0], "labels": {"dc": "eu"}}]}
+    assert _bulk(labelled, Limits(now=NOW)) is None  # checked sample by sample
+    boolean = {"samples": [{**plain["samples"][0], "value": True}]}
+    assert _bulk(boolean, Limits(now=NOW)) is None
