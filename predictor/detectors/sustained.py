@@ -48,6 +48,14 @@ class Sustained(OnlineDetector):
         The same for missed samples.
     warmup
         Samples before a series may score.
+    rate_clip
+        Rates are clipped to this many times the series' typical absolute rate.
+    reset_gaps
+        A gap of more than this many typical gaps (a silence) restarts the trend evidence.
+    alpha_noise
+        EW weight of the recent size of moves (the noise floor follows it when it grows).
+    freeze
+        Above this fraction of ``h`` the slope reference learns ten times slower.
     """
 
     def __init__(
@@ -56,14 +64,15 @@ class Sustained(OnlineDetector):
         alpha_ref: float = 0.003,
         k: float = 2.0,
         clip: float = 6.0,
-        h: float = 60.0,
+        h: float = 75.0,
         gap_k: float = 0.05,
         gap_clip: float = 3.0,
         gap_h: float = 6.0,
         warmup: int = 30,
         rate_clip: float = 4.0,
         reset_gaps: float = 5.0,
-        alpha_noise: float = 0.05,
+        alpha_noise: float = 0.15,
+        freeze: float = 0.4,
     ):
         self.alpha = alpha
         self.alpha_ref = alpha_ref
@@ -77,6 +86,7 @@ class Sustained(OnlineDetector):
         self.rate_clip = rate_clip
         self.reset_gaps = reset_gaps
         self.alpha_noise = alpha_noise
+        self.freeze = freeze
         self.state_ = np.zeros((0, _STATE))
 
     def _ensure(self, keys: np.ndarray) -> None:
@@ -129,10 +139,13 @@ class Sustained(OnlineDetector):
         out[:, _T] = t
         out[:, _X] = x
         out[:, _G] = g
-        raw_mu = np.where(first, 0.0, s[:, _MU] + a * (g - s[:, _MU]))
+        # While evidence builds up the reference barely learns: a trend that keeps going
+        # must not become the series' normal before it has been reported.
+        a_ref = np.where(np.maximum(up, down) > self.freeze * self.h, 0.1 * a, a)
+        raw_mu = np.where(first, 0.0, s[:, _MU] + a_ref * (g - s[:, _MU]))
         out[:, _MU] = raw_mu
         mu_now = raw_mu / np.maximum(weight, 1e-12)
-        out[:, _DEV] = np.where(first, 0.0, s[:, _DEV] + a * (np.abs(g - mu_now) - s[:, _DEV]))
+        out[:, _DEV] = np.where(first, 0.0, s[:, _DEV] + a_ref * (np.abs(g - mu_now) - s[:, _DEV]))
         out[:, _ABS] = np.where(
             first | silent, s[:, _ABS], s[:, _ABS] + a * (np.abs(rate) - s[:, _ABS])
         )

@@ -10,8 +10,8 @@ Fusion (all scores in [0, 1], higher = more risk):
   P(failure within H) leads, and an anomaly alone can raise risk only part of the way;
 - ``evidence`` = the highest per-series score of the *evidence* detectors
   (``settings.evidence_detectors``, e.g. a sustained trend): they accumulate evidence
-  over time rather than flag single samples, so they enter risk at full weight through
-  one more noisy-OR term, ``1 - (1 - risk) * (1 - evidence)``.
+  over time rather than flag single samples, so they enter risk at full weight:
+  ``max(risk, evidence)`` (not a noisy-OR: a spike on the same series would count twice).
 
 ``why`` lists the node's metrics that contribute most, and ``trend`` is the risk minus its
 recent exponentially weighted mean (positive = rising).
@@ -244,7 +244,7 @@ class ScoringEngine:
         risk = np.where(has_p, 1 - (1 - np.nan_to_num(p_fail)) * (1 - w_a * anomaly), anomaly)
         evidence = np.zeros(len(node_ids))
         np.maximum.at(evidence, local, st.series_evidence[series])
-        risk = 1 - (1 - risk) * (1 - evidence)
+        risk = np.maximum(risk, evidence)
 
         seen_before = st.node_risk_mean[node_ids] > 0
         trend = np.where(seen_before, risk - st.node_risk_mean[node_ids], 0.0)
