@@ -17,6 +17,7 @@ from predictor.detectors.ewma_z import EwmaZScore
 from predictor.detectors.range_break import RangeBreak
 from predictor.detectors.river_hst import RiverHalfSpaceTrees
 from predictor.detectors.seasonal import SeasonalNovelty
+from predictor.detectors.sustained import Sustained
 
 REGISTRY: dict[str, Callable[[], OnlineDetector]] = {
     "ewma_z": EwmaZScore,
@@ -26,6 +27,7 @@ REGISTRY: dict[str, Callable[[], OnlineDetector]] = {
     "context_novelty": ContextNovelty,
     "seasonal_novelty": SeasonalNovelty,
     "range_break": RangeBreak,
+    "sustained": Sustained,
 }
 
 
@@ -46,5 +48,6 @@ __all__ = [
     "RangeBreak",
     "RiverHalfSpaceTrees",
     "SeasonalNovelty",
+    "Sustained",
     "make_detector",
 ]

@@ -7,7 +7,11 @@ Fusion (all scores in [0, 1], higher = more risk):
 - ``anomaly`` = ``(1 - batch_weight) * online + batch_weight * isolation_forest``;
 - ``risk``    = ``anomaly`` without a failure classifier, otherwise the noisy-OR
   ``1 - (1 - p_fail) * (1 - anomaly_weight_with_classifier * anomaly)``: a trained
-  P(failure within H) leads, and an anomaly alone can raise risk only part of the way.
+  P(failure within H) leads, and an anomaly alone can raise risk only part of the way;
+- ``evidence`` = the highest per-series score of the *evidence* detectors
+  (``settings.evidence_detectors``, e.g. a sustained trend): they accumulate evidence
+  over time rather than flag single samples, so they enter risk at full weight:
+  ``max(risk, evidence)`` (not a noisy-OR: a spike on the same series would count twice).
 
 ``why`` lists the node's metrics that contribute most, and ``trend`` is the risk minus its
 recent exponentially weighted mean (positive = rising).
@@ -62,11 +66,13 @@ class EngineState:
     series_node: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     series_metric: list[str] = field(default_factory=list)
     series_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    series_evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
     features: OnlineFeatures = field(default_factory=OnlineFeatures)
     detectors: list[OnlineDetector] = field(default_factory=list)
+    evidence_detectors: list[OnlineDetector] = field(default_factory=list)
     scored_rowid: int = 0
 
 
@@ -75,7 +81,10 @@ class ScoringEngine:
 
     def __init__(self, *, settings: Settings, model: BatchModel | None = None):
         self.settings = settings
-        self.state = EngineState(detectors=[make_detector(n) for n in settings.online_detectors])
+        self.state = EngineState(
+            detectors=[make_detector(n) for n in settings.online_detectors],
+            evidence_detectors=[make_detector(n) for n in settings.evidence_detectors],
+        )
         self.model: BatchModel | None = None
         self.set_model(model)
 
@@ -130,6 +139,7 @@ class ScoringEngine:
             st.packed_sorted, st.packed_key = packed_all[order], keys_all[order]
         n_series, n_nodes = len(st.series_ids), len(st.node_ids)
         st.series_score = grow(st.series_score, n_series)
+        st.series_evidence = grow(st.series_evidence, n_series)
         st.features.ensure(n_series)
         for name in ("node_ts", "node_risk", "node_risk_mean"):
             setattr(st, name, grow(getattr(st, name), n_nodes))
@@ -196,6 +206,10 @@ class ScoringEngine:
                 fused = np.maximum(fused, detector.score_learn_many(sk, sx, stt))
             out[sub] = fused
             st.series_score[sk] = fused
+            evidence = np.zeros(len(sub))
+            for detector in st.evidence_detectors:
+                evidence = np.maximum(evidence, detector.score_learn_many(sk, sx, stt))
+            st.series_evidence[sk] = evidence
         return np.concatenate(folded) if folded else np.zeros(0, dtype=np.int64)
 
     def _evaluate(
@@ -225,6 +239,9 @@ class ScoringEngine:
         has_p = ~np.isnan(p_fail)
         w_a = self.settings.anomaly_weight_with_classifier
         risk = np.where(has_p, 1 - (1 - np.nan_to_num(p_fail)) * (1 - w_a * anomaly), anomaly)
+        evidence = np.zeros(len(node_ids))
+        np.maximum.at(evidence, local, st.series_evidence[series])
+        risk = np.maximum(risk, evidence)
 
         seen_before = st.node_risk_mean[node_ids] > 0
         trend = np.where(seen_before, risk - st.node_risk_mean[node_ids], 0.0)
@@ -282,7 +299,9 @@ class ScoringEngine:
     ) -> list[list[dict[str, Any]]]:
         """The top contributing metrics of each node, most anomalous first."""
         st = self.state
-        score = st.series_score[series]
+        # A metric counts by its stronger signal: a one-off anomaly or sustained evidence.
+        strength = np.maximum(st.series_score, st.series_evidence)
+        score = strength[series]
         z = st.features.values_[series, _Z]
         keep = _top_in_groups(local, len(node_ids), (-np.abs(z), -score), WHY_TOP)
         top = series[keep]
@@ -291,7 +310,7 @@ class ScoringEngine:
             {"metric": metric[s], "score": s_score, "z": s_z, "value": value}
             for s, s_score, s_z, value in zip(
                 top.tolist(),
-                np.round(st.series_score[top], 4).tolist(),
+                np.round(strength[top], 4).tolist(),
                 np.round(st.features.values_[top, _Z], 2).tolist(),
                 st.features.values_[top, 0].tolist(),
                 strict=True,

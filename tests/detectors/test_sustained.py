@@ -1,0 +1,63 @@
+"""The sustained-evidence detector: ramps and growing gaps score, steps and spikes do not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from predictor.detectors import Sustained
+
+STEP = 60.0
+
+
+def feed(detector: Sustained, values: np.ndarray, ts: np.ndarray | None = None) -> np.ndarray:
+    """Scores of one series fed sample by sample."""
+    ts = STEP * np.arange(len(values)) if ts is None else ts
+    key = np.array([0])
+    return np.array(
+        [
+            detector.score_learn_many(key, np.array([v]), np.array([t]))[0]
+            for v, t in zip(values, ts, strict=True)
+        ]
+    )
+
+
+def baseline(n: int, seed: int = 0) -> np.ndarray:
+    return 0.4 + 0.01 * np.random.default_rng(seed).standard_normal(n)
+
+
+def test_a_ramp_that_keeps_going_reaches_full_score() -> None:
+    values = baseline(400)
+    values[240:] += np.linspace(0, 0.5, 160)
+    scores = feed(Sustained(), values)
+    assert scores[:240].max() < 0.5
+    assert scores[-1] == 1.0
+
+
+def test_a_step_that_then_sits_still_and_a_spike_stay_low() -> None:
+    values = baseline(400)
+    values[200:260] += 0.3  # a batch job: up, flat, down
+    values[320] += 1.0
+    scores = feed(Sustained(), values)
+    assert scores.max() < 0.5
+
+
+def test_a_ramp_the_series_always_shows_stays_low() -> None:
+    # Sawtooth: climbs for 4 hours, drops back, again and again (log rotation).
+    t = np.arange(1500)
+    values = 0.5 + 0.3 * ((t % 240) / 240) + 0.002 * np.random.default_rng(1).standard_normal(1500)
+    scores = feed(Sustained(), values)
+    assert scores[600:].max() < 0.5
+
+
+def test_growing_gaps_score_but_one_silence_does_not() -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    ts = STEP * np.arange(n)
+    keep = np.ones(n, dtype=bool)
+    keep[150:155] = False  # one short silence (a reboot)
+    healthy = feed(Sustained(), baseline(n)[keep], ts[keep])
+    assert healthy.max() < 0.5
+    patchy = np.ones(n, dtype=bool)
+    patchy[200:] = rng.random(100) > np.linspace(0.2, 0.9, 100)
+    scores = feed(Sustained(), baseline(n)[patchy], ts[patchy])
+    assert scores[-1] == 1.0
