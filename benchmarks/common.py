@@ -82,7 +82,7 @@ def send_all(
     bodies: list[bytes],
     *,
     headers: dict[str, str],
-    connections: int = 4,
+    connections: int = 16,  # concurrent senders, as Prometheus remote_write shards are
 ) -> SendStats:
     """POST every body over ``connections`` keep-alive connections; 503s are retried."""
     retries = 0
@@ -143,10 +143,12 @@ class Server:
 
 
 @contextmanager
-def running_server(workdir: Path, **settings: str) -> Iterator[Server]:
+def running_server(workdir: Path, *, split: bool = False, **settings: str) -> Iterator[Server]:
     """Start the API and scorer in a subprocess on a free port; stop it afterwards.
 
-    ``settings`` become ``PREDICTOR_<NAME>`` environment variables of the server.
+    ``split``: an ``--role api`` process and a ``--role scorer`` process on the one store
+    (ingest and scoring on different cores). ``settings`` become ``PREDICTOR_<NAME>``
+    environment variables of the server.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -161,18 +163,26 @@ def running_server(workdir: Path, **settings: str) -> Iterator[Server]:
         sys.executable, "-m", "uvicorn", "predictor.api.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
+    scorer = None
+    if split:
+        env["PREDICTOR_ROLE"] = "api"
+        scorer_command = [sys.executable, "-m", "predictor.cli", "serve", "--role", "scorer"]
+        scorer = subprocess.Popen(scorer_command, env=env, cwd=workdir)
     process = subprocess.Popen(command, env=env, cwd=workdir)
     server = Server(f"http://127.0.0.1:{port}", process, workdir)
     try:
         _wait_ready(server)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for child in (process, scorer):
+            if child is None:
+                continue
+            child.terminate()
+            try:
+                child.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 def _wait_ready(server: Server, timeout_s: float = 300.0) -> None:

@@ -47,7 +47,7 @@ def bench_ingest(
     n_metrics: int = 20,
     n_steps: int = 5,
     per_request: int = 1_000,
-    connections: int = 4,
+    connections: int = 16,
 ) -> dict[str, Any]:
     """JSON (and remote_write when the route exists) vs a direct batched store insert."""
     # Recent timestamps: the API rejects samples far in the past or future.

@@ -62,7 +62,7 @@ def serve(
     models_dir: ModelsOption = None,
     role: Annotated[
         str | None,
-        typer.Option(help="all (API + scorer), api (to the stream) or worker (PREDICTOR_ROLE)"),
+        typer.Option(help="all (API + scorer), api, scorer or worker (PREDICTOR_ROLE)"),
     ] = None,
 ) -> None:
     """Run the API and the scorer (or, scaled out, an API replica or a scorer worker)."""
@@ -77,6 +77,11 @@ def serve(
         from predictor.scoring.worker import run_worker
 
         run_worker(settings)
+        return
+    if settings.role == "scorer":
+        from predictor.service import run_scorer
+
+        run_scorer(settings)
         return
     logging.getLogger("predictor.cli").info(
         "serving on %s:%d", settings.host, settings.port,

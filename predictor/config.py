@@ -51,7 +51,10 @@ class Settings(BaseSettings):
     eval_step_s: float = 10.0  # event-time bucket in which a node is evaluated once
     scoring_chunk_rows: int = 200_000
     checkpoint_every_s: float = 30.0  # wall-clock: how often the online state is saved
-    risk_history_every_s: float = 0.0  # event-time spacing of stored risk points (0 = every step)
+    # Event-time spacing of the stored risk history (0: every evaluation). The latest risk
+    # of each node is always kept; big fleets want e.g. 60 (100k nodes every 10 s is 860M
+    # history rows a day).
+    risk_history_every_s: float = 0.0
     batch_weight: float = 0.5  # share of the batch anomaly score in the anomaly part of risk
     anomaly_weight_with_classifier: float = 0.5
 
@@ -87,9 +90,10 @@ class Settings(BaseSettings):
     k8s_evict_deadline_s: float = 300.0  # wall-clock: how long PDBs may hold up a drain
     k8s_evict_backoff_s: float = 1.0  # first wait after a 429; doubles up to 10 s
 
-    # Scale-out (see README "Scaling out"): "all" is one process with the embedded scorer;
-    # "api" replicas publish to the stream, "worker"s own partitions of it.
-    role: Literal["all", "api", "worker"] = "all"
+    # Roles (see README "Scaling out"): "all" is one process, API and scorer. "api" without
+    # a stream commits to the store and a "scorer" process follows it (two cores, one
+    # machine); "api" with nats_url publishes to the stream, whose partitions "worker"s own.
+    role: Literal["all", "api", "scorer", "worker"] = "all"
     nats_url: str | None = None  # e.g. nats://127.0.0.1:4222; required by the api/worker roles
     stream_name: str = "predictor-samples"
     stream_subject: str = "predictor.samples"  # partition p is published to <subject>.<p>

@@ -22,7 +22,7 @@ from predictor.ingest.otlp import OtlpResult, decode_content, parse_otlp_metrics
 from predictor.ingest.remote_write import parse_remote_write
 from predictor.policy import DRAINED, Policy
 from predictor.scoring import ScoringEngine
-from predictor.scoring.scorer import Scorer, ScorerThread
+from predictor.scoring.scorer import SCORED_POSITION, Scorer, ScorerThread
 from predictor.store import Store, open_store
 from predictor.stream import Publisher, StreamError
 from predictor.telemetry import Telemetry
@@ -72,14 +72,14 @@ class Runtime:
         store = open_store(settings)
         ensure_first_key(store=store, settings=settings)  # prod's first start: admin key
         if settings.role == "api":
-            if not settings.nats_url:
-                raise ValueError("role api publishes to the stream: set PREDICTOR_NATS_URL")
+            # With a stream: publish to it (scale-out). Without: commit to the store, which
+            # a `--role scorer` process follows.
             return cls(
                 settings=settings, store=store, scorer=None, registry=registry,
-                publisher=Publisher(settings),
+                publisher=Publisher(settings) if settings.nats_url else None,
             )  # fmt: skip
-        if settings.role != "all":
-            raise ValueError(f"role {settings.role} has no API: use `predictor serve`")
+        if settings.role == "worker":
+            raise ValueError("role worker has no API: use `predictor serve --role worker`")
         if not settings.dry_run:
             store.clear_dry_run_states()
         model, version = None, None
@@ -108,12 +108,13 @@ class Runtime:
     def start(self) -> None:
         if self.publisher is not None:
             self.publisher.start()
+        if self.scorer is None:
             return
-        assert self.scorer is not None
         self.thread = ScorerThread(
             self.scorer,
             checkpoint_every_s=self.settings.checkpoint_every_s,
             chunk_rows=self.settings.scoring_chunk_rows,
+            separate_process=self.settings.role == "scorer",
         )
         self.thread.start()
 
@@ -159,8 +160,7 @@ def ingest_samples(*, runtime: Runtime, batch: SampleBatch, fmt: str = "json") -
                 raise Overloaded(retry_after_s=1, why=str(exc)) from exc
             runtime.telemetry.record_ingest(fmt, count=len(batch), newest_ts=float(batch.ts.max()))
         return len(batch)
-    assert runtime.scorer is not None
-    lag = runtime.scorer.lag_rows()
+    lag = scoring_lag_rows(runtime=runtime)
     if lag > runtime.settings.max_unscored_rows:
         raise Overloaded(retry_after_s=max(1, math.ceil(lag / 200_000)))
     if len(batch):
@@ -168,6 +168,14 @@ def ingest_samples(*, runtime: Runtime, batch: SampleBatch, fmt: str = "json") -
         runtime.telemetry.record_ingest(fmt, count=len(batch), newest_ts=float(batch.ts.max()))
         runtime.notify()
     return len(batch)
+
+
+def scoring_lag_rows(*, runtime: Runtime) -> int:
+    """Committed samples not scored yet, by this process's scorer or a scorer process."""
+    if runtime.scorer is not None:
+        return runtime.scorer.lag_rows()
+    scored = int(runtime.store.get_meta(SCORED_POSITION) or 0)
+    return max(0, runtime.store.last_sample_rowid() - scored)
 
 
 def ingest_json(*, runtime: Runtime, body: bytes) -> int:
@@ -341,11 +349,17 @@ def health(*, runtime: Runtime) -> dict[str, Any]:
             "partitions_owned": sum(lease["expires_in_s"] > 0 for lease in leases),
             "workers": sorted({lease["worker"] for lease in leases if lease["expires_in_s"] > 0}),
         }
-    assert runtime.scorer is not None
+    if runtime.scorer is None:  # an api process beside a scorer process
+        return {
+            "ready": store_ok,
+            "role": "api",
+            "store": store_ok,
+            "scoring_lag_rows": scoring_lag_rows(runtime=runtime),
+        }
     alive = runtime.thread is not None and runtime.thread.is_alive()
     return {
         "ready": store_ok and alive,
-        "role": "all",
+        "role": runtime.settings.role,
         "store": store_ok,
         "model": runtime.model_version,
         "model_refused": runtime.model_refused,
@@ -369,6 +383,30 @@ __all__ = [
     "node_history",
     "node_risk",
     "put_node",
+    "run_scorer",
+    "scoring_lag_rows",
     "record_events",
     "undrain_node",
 ]
+
+
+def run_scorer(settings: Settings) -> None:
+    """``predictor serve --role scorer``: follow the store's log until SIGTERM/SIGINT.
+
+    Beside one or more ``--role api`` processes on the same store, so that parsing and
+    committing ingest and scoring run on different cores.
+    """
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runtime = Runtime.build(settings)
+    runtime.start()
+    assert runtime.scorer is not None
+    logger.info("scorer process following the store from sample %d", runtime.scorer.scored_rowid)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        runtime.stop()  # scores what was committed, checkpoints

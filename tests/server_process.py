@@ -25,7 +25,7 @@ def free_port() -> int:
 class ServerProcess:
     """One `python -m predictor.cli serve` child; ``env`` adds PREDICTOR_* settings.
 
-    ``role="worker"`` runs a scorer worker of the scale-out mode (no HTTP port).
+    ``role="worker"`` (scale-out) and ``role="scorer"`` run without an HTTP port.
     """
 
     def __init__(
@@ -67,8 +67,8 @@ class ServerProcess:
                 [*cmd, *(["--db", str(self.db)] if self.db else []), "--role", self.role],
                 env=self.env, stdout=log, stderr=log,
             )  # fmt: skip
-        if self.role == "worker":
-            return  # no HTTP: the test watches its leases in the store
+        if self.role in ("worker", "scorer"):
+            return  # no HTTP: the test watches what it writes to the store
         deadline = time.monotonic() + startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -7,7 +7,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 
 from predictor.api import create_app
@@ -116,9 +115,3 @@ def test_api_replica_acknowledges_after_the_stream_and_refuses_when_it_is_full(
         assert refused.status_code == 503
         assert refused.headers["Retry-After"]
     assert len(stream_messages(settings)) == 1  # nothing of the refused batch was kept
-
-
-def test_api_role_needs_a_stream(tmp_path: Path) -> None:
-    settings = Settings(db=tmp_path / "p.db", models_dir=tmp_path / "m", role="api")
-    with pytest.raises(ValueError, match="PREDICTOR_NATS_URL"), TestClient(create_app(settings)):
-        pass

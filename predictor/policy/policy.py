@@ -62,10 +62,12 @@ class Policy:
         n = len(node_last_ts)
         if not n:
             return None
-        stale = sum(now - ts > s.stale_after_s for ts in node_last_ts.values())
+        last_ts = np.fromiter(node_last_ts.values(), np.float64, n)
+        stale = int(np.count_nonzero(now - last_ts > s.stale_after_s))
         if n >= 2 and stale / n >= s.failsafe_stale_fraction:
             return f"fail-safe: {stale}/{n} nodes stale (monitoring outage, not a fleet failure)"
-        risky = sum(r >= s.enter_threshold for r in node_risk.values())
+        risks = np.fromiter(node_risk.values(), np.float64, len(node_risk))
+        risky = int(np.count_nonzero(risks >= s.enter_threshold))
         # Below a handful of nodes a fraction means nothing; the budget still protects them.
         if n >= 5 and risky / n >= s.failsafe_spike_fraction:
             return f"fail-safe: {risky}/{n} nodes risky at once (global incident or bad data)"
@@ -86,7 +88,7 @@ class Policy:
         states = self.store.node_states()
         now = max(node_last_ts.values()) if node_last_ts else float(risk["ts"].max())
         failsafe = self.failsafe_reason(node_last_ts=node_last_ts, node_risk=node_risk, now=now)
-        ordered = risk.sort_values("ts", kind="stable")
+        ordered = self._rows_that_matter(risk.sort_values("ts", kind="stable"), states)
         for node, ts, value, why in zip(
             ordered["node"], ordered["ts"], ordered["risk"], ordered["why"], strict=True
         ):
@@ -101,6 +103,29 @@ class Policy:
                 recorded.append(action)
                 states = self.store.node_states()
         return recorded
+
+    def _rows_that_matter(
+        self, ordered: pd.DataFrame, states: dict[str, dict[str, Any]]
+    ) -> pd.DataFrame:
+        """The rows to walk one by one: those of drained nodes and of nodes with a risk at or
+        above the exit threshold. For every other node, all its rows are below exit, which
+        only ends a started episode; that is applied here at once (most of a fleet, most of
+        the time, so the walk stays proportional to the nodes that matter).
+        """
+        values = ordered["risk"].to_numpy(np.float64)
+        codes, uniques = pd.factorize(ordered["node"].to_numpy(object))
+        names = uniques.tolist()
+        loud = np.bincount(
+            codes, weights=values >= self.settings.exit_threshold, minlength=len(names)
+        )
+        seen = np.bincount(codes, weights=np.isfinite(values), minlength=len(names))
+        drained = np.array([states.get(n, {}).get("state") == DRAINED for n in names], dtype=bool)
+        for i in np.flatnonzero((loud == 0) & (seen > 0) & ~drained).tolist():
+            track = self.tracks.get(names[i])
+            if track is not None:
+                track.above_since = None
+                track.blocked_reason = None
+        return ordered[((loud > 0) | drained)[codes]]
 
     def _maybe_recover(
         self, node: str, track: NodeTrack, ts: float, risk: float

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import joblib
+import numpy as np
 import pandas as pd
 
 from predictor.ingest.batch import SampleBatch
@@ -21,6 +22,7 @@ from predictor.store import Store
 
 logger = logging.getLogger(__name__)
 TRICKLE_WAIT_S = 0.05
+SCORED_POSITION = "scored_position"  # meta key: how far a separate scorer process got
 
 
 class Scorer:
@@ -72,7 +74,7 @@ class Scorer:
         result = self.engine.process(batch)
         if not result.risk.empty:
             if keep_history:
-                self.store.append_risk(result.risk)
+                self.store.append_risk(result.risk, history=self._history_rows(result.risk))
             self._remember(result.risk)
             self.policy.decide(
                 result.risk,
@@ -81,6 +83,15 @@ class Scorer:
             )
         self.engine.state.scored_rowid = position
         return result.risk
+
+    def _history_rows(self, risk: pd.DataFrame) -> np.ndarray | None:
+        """Rows kept in the risk history: with ``risk_history_every_s``, the evaluations in
+        the first ``eval_step_s`` of each such period of event time (so a replay keeps the
+        same ones); every row otherwise."""
+        s = self.engine.settings
+        if s.risk_history_every_s <= 0:
+            return None
+        return (risk["ts"].to_numpy(np.float64) % s.risk_history_every_s) < s.eval_step_s
 
     def drain_backlog(self, limit: int = 200_000) -> int:
         """Score until the log is exhausted; return the samples scored."""
@@ -146,11 +157,22 @@ class Scorer:
 class ScorerThread(threading.Thread):
     """Runs the scorer in the background until ``stop()``; checkpoints periodically."""
 
-    def __init__(self, scorer: Scorer, *, checkpoint_every_s: float, chunk_rows: int):
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        checkpoint_every_s: float,
+        chunk_rows: int,
+        separate_process: bool = False,
+    ):
         super().__init__(name="predictor-scorer", daemon=True)
         self.scorer = scorer
         self.checkpoint_every_s = checkpoint_every_s
         self.chunk_rows = chunk_rows
+        # A scorer process beside `--role api` processes: nobody wakes it, so it polls the
+        # log more often, and it stores its position for their lag check and /readyz.
+        self.separate_process = separate_process
+        self.idle_wait_s = 0.1 if separate_process else 0.5
         self.wake = threading.Event()
         self._stop_event = threading.Event()
 
@@ -163,11 +185,13 @@ class ScorerThread(threading.Thread):
                 logger.exception("scoring step failed")
                 scored = 0
                 self._stop_event.wait(1.0)
+            if scored and self.separate_process:
+                self.scorer.store.set_meta(SCORED_POSITION, str(self.scorer.scored_rowid))
             if time.monotonic() - last_checkpoint >= self.checkpoint_every_s:
                 self.scorer.checkpoint()
                 last_checkpoint = time.monotonic()
             if not scored:
-                self.wake.wait(0.5)
+                self.wake.wait(self.idle_wait_s)
                 self.wake.clear()
             elif scored < self.chunk_rows:
                 # Caught up on a trickle: let a few requests' samples gather, since every

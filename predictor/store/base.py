@@ -291,8 +291,12 @@ class Store(ABC):
         )
 
     # -- risk --------------------------------------------------------------------------
-    def append_risk(self, frame: pd.DataFrame) -> None:
-        """Upsert risk points (a replay rewrites the same ones) and each node's newest."""
+    def append_risk(self, frame: pd.DataFrame, *, history: np.ndarray | None = None) -> None:
+        """Upsert risk points (a replay rewrites the same ones) and each node's newest.
+
+        ``history``: which rows go to the risk history (default all); every row counts
+        for the newest point.
+        """
         if frame.empty:
             return
         frame = frame.reset_index(drop=True)
@@ -312,7 +316,9 @@ class Store(ABC):
             conn.executemany(
                 f"INSERT INTO risk ({cols}) VALUES ({marks})"
                 f" ON CONFLICT (node, ts) DO UPDATE SET {update}",
-                rows,
+                rows
+                if history is None
+                else [r for r, keep in zip(rows, history, strict=True) if keep],
             )
             # Workers may finish out of event-time order: the newest point always wins.
             conn.executemany(

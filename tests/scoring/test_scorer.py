@@ -125,3 +125,23 @@ def test_a_runtime_on_postgresql_scores_and_records_latest_risk(
             assert latest[node]["risk"] == pytest.approx(point["risk"])
     finally:
         runtime.store.close()
+
+
+def test_risk_history_can_be_thinned_while_the_latest_risk_stays_complete(
+    settings: Settings,
+) -> None:
+    data = history(12)  # 12 evaluations a minute apart per node
+    full = Runtime.build(settings)
+    thin = Runtime.build(
+        settings.model_copy(
+            update={"db": settings.db.with_name("thin.db"), "risk_history_every_s": 300.0}
+        )
+    )
+    for runtime in (full, thin):
+        runtime.store.append_samples(SampleBatch.from_frame(data))
+        runtime.scorer.drain_backlog()
+    for node in ("n0", "n1", "n2"):
+        kept = thin.store.risk_history(node)["ts"].tolist()
+        assert kept == [t for t in full.store.risk_history(node)["ts"].tolist() if t % 300 < 10]
+        assert len(kept) < len(full.store.risk_history(node))
+    assert thin.store.latest_risk() == full.store.latest_risk()
