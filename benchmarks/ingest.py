@@ -61,21 +61,24 @@ def bench_ingest(
         "floor": {"samples_per_s": floor_rate, "seconds": floor_s, "chunk": FLOOR_CHUNK},
     }
     bodies = json_bodies(batch, per_request)
-    with running_server(workdir / "json") as server:
-        stats = send_all(
-            server.base_url, "/v1/metrics", bodies,
-            headers={"Content-Type": "application/json"}, connections=connections,
-        )  # fmt: skip
-        rw_available = server.has_route(REMOTE_WRITE_PATH)
-    rate = len(batch) / stats.seconds
-    out["json"] = {
-        "samples_per_s": rate,
-        "seconds": stats.seconds,
-        "requests": stats.requests,
-        "retries_503": stats.retries,
-        "ratio_vs_floor": rate / floor_rate,
-        "body_bytes_mean": float(np.mean([len(b) for b in bodies])),
-    }
+    # "json": one process (API + scorer, the default); "json_split": `--role api` with a
+    # `--role scorer` process beside it, so the API process only parses and commits.
+    for kind, split in (("json", False), ("json_split", True)):
+        with running_server(workdir / kind, split=split) as server:
+            stats = send_all(
+                server.base_url, "/v1/metrics", bodies,
+                headers={"Content-Type": "application/json"}, connections=connections,
+            )  # fmt: skip
+            rw_available = server.has_route(REMOTE_WRITE_PATH)
+        rate = len(batch) / stats.seconds
+        out[kind] = {
+            "samples_per_s": rate,
+            "seconds": stats.seconds,
+            "requests": stats.requests,
+            "retries_503": stats.retries,
+            "ratio_vs_floor": rate / floor_rate,
+            "body_bytes_mean": float(np.mean([len(b) for b in bodies])),
+        }
     out["remote_write"] = None
     if rw_available:
         rw_bodies = remote_write_bodies(batch, per_request)

@@ -108,13 +108,15 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             ("ingest floor: store.append_samples, 100k/txn",
              f"{ing['floor']['samples_per_s']:,.0f} samples/s", "1 (baseline)", "")
         )  # fmt: skip
-        for kind in ("json", "remote_write"):
+        labels = {"json": "json", "json_split": "json (api process + scorer process)",
+                  "remote_write": "remote_write"}  # fmt: skip
+        for kind in ("json", "json_split", "remote_write"):
             if fig := ing.get(kind):
                 rows.append(
-                    (f"ingest {kind}, HTTP, 1k samples/request, to commit",
+                    (f"ingest {labels[kind]}, HTTP, 1k samples/request, to commit",
                      f"{fig['samples_per_s']:,.0f} samples/s",
                      f"{fig['ratio_vs_floor']:.3f} x floor",
-                     ">= 0.6 and >= 300k/s" if kind == "json" else ">= 0.6")
+                     ">= 0.6" if kind == "remote_write" else ">= 0.6 and >= 300k/s")
                 )  # fmt: skip
     if sc := report.get("scoring"):
         rows.append(
