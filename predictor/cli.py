@@ -29,6 +29,11 @@ models_app = typer.Typer(help="Model versions: list, promote, roll back.", no_ar
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+nab_app = typer.Typer(
+    help="NAB-format corpora: run the service's scoring over one, score results.",
+    no_args_is_help=True,
+)
+app.add_typer(nab_app, name="nab")
 console = Console()
 
 DbOption = Annotated[
@@ -267,6 +272,49 @@ def replay(
         return
     console.print(f"model: {version or 'none (online detectors only)'}; policy in dry-run")
     console.print(drain_summary_table(summary))
+
+
+@nab_app.command("run")
+def nab_run(
+    data: Annotated[Path, typer.Option(help="The corpus's data/ directory")],
+    windows: Annotated[Path, typer.Option(help="labels/combined_windows.json")],
+    out: Annotated[Path, typer.Option(help="Results directory (NAB's results/ layout)")],
+    name: Annotated[str, typer.Option(help="Detector name in the results layout")] = "predictor",
+    detector: Annotated[str, typer.Option(help="Online detector the engine runs")] = "ensemble",
+) -> None:
+    """Stream every series through the service's scoring engine, all series as one fleet."""
+    from predictor.evaluation.nab import default_score_fn, load_windows, run_corpus
+
+    score_fn = default_score_fn(list(load_windows(windows)), detector)
+    path = run_corpus(
+        data_dir=data, windows_file=windows, out_dir=out, name=name, score_fn=score_fn
+    )
+    typer.echo(f"results: {path}")
+
+
+@nab_app.command("score")
+def nab_score(
+    data: Annotated[Path, typer.Option(help="The corpus's data/ directory")],
+    windows: Annotated[Path, typer.Option(help="labels/combined_windows.json")],
+    results: Annotated[Path, typer.Option(help="Results directory (NAB's results/ layout)")],
+    detectors: Annotated[str, typer.Option(help="Comma-separated detector names")],
+    profiles: Annotated[Path | None, typer.Option(help="NAB profiles.json")] = None,
+) -> None:
+    """Score detectors' results with NAB's method; print the normalised scores."""
+    from predictor.evaluation.nab import nab_table, score_results
+
+    table = {
+        d: score_results(
+            data_dir=data,
+            windows_file=windows,
+            results_dir=results,
+            detector=d,
+            profiles_file=profiles,
+        )  # fmt: skip
+        for d in detectors.split(",")
+        if d
+    }
+    typer.echo(nab_table(table))
 
 
 def drain_summary_table(summary: dict[str, Any]) -> Table:

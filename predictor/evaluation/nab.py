@@ -328,23 +328,13 @@ def default_score_fn(names: Sequence[str], detector: str = "ensemble") -> ScoreF
 
     Each corpus file is node ``<category>/<file>`` with one metric ``"value"``, scored by
     the engine configured with the online detector ``detector``, so the benchmark runs
-    the same code as the API. Falls back to feeding the detector directly when the
-    engine is not available.
+    the same code as the API.
     """
-    try:
-        from predictor.config import Settings
-        from predictor.ingest.batch import SampleBatch
-        from predictor.scoring.engine import ScoringEngine
-    except ImportError:  # pragma: no cover - only while the engine is being written
-        from predictor.detectors import make_detector
+    from predictor.config import Settings
+    from predictor.ingest.batch import SampleBatch
+    from predictor.scoring.engine import ScoringEngine
 
-        return detector_score_fn(make_detector(detector))
-
-    fields = Settings.model_fields
-    options: dict[str, object] = {"online_detectors": [detector]}
-    if "series_detector" in fields:
-        options["series_detector"] = detector
-    engine = ScoringEngine(settings=Settings(**options))  # type: ignore[arg-type]
+    engine = ScoringEngine(settings=Settings(online_detectors=[detector]))
     nodes = np.asarray(names, dtype=object)
 
     def score(keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
