@@ -98,18 +98,27 @@ def verify_key(*, store: Store, settings: Settings, presented: str) -> Caller | 
     """The caller a presented key belongs to, or None if it is unknown or revoked.
 
     Comparisons run in constant time and over every live key (no early exit), so response
-    times say nothing about how close a guess was. Keys are read from the store on every
-    call, so a revocation made by another process (``predictor keys revoke``) holds at once.
+    times say nothing about how close a guess was. Live keys are cached for a second: a
+    key created anywhere works at once (an unknown key re-reads the table), a revocation
+    made through this process holds at once, one made by another process (``predictor
+    keys revoke``) within a second.
     """
     presented_hash = hash_key(presented).encode()
-    found: Caller | None = None
-    for row in store.api_keys(live_only=True):
-        if hmac.compare_digest(presented_hash, row["hash"].encode()):
-            found = Caller(key_id=row["id"], name=row["name"], scope=row["scope"])
+    found = _match(presented_hash, store.live_api_keys())
+    if found is None:
+        found = _match(presented_hash, store.live_api_keys(fresh=True))
     if found is None and dev_key_in_force(settings):
         dev_hash = hash_key(settings.dev_api_key or "").encode()
         if hmac.compare_digest(presented_hash, dev_hash):
             found = Caller(key_id=None, name="dev", scope="admin")
+    return found
+
+
+def _match(presented_hash: bytes, keys: list[dict[str, Any]]) -> Caller | None:
+    found: Caller | None = None
+    for row in keys:  # every key, no early exit: see verify_key
+        if hmac.compare_digest(presented_hash, row["hash"].encode()):
+            found = Caller(key_id=row["id"], name=row["name"], scope=row["scope"])
     return found
 
 

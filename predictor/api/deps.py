@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -14,11 +14,11 @@ from predictor.config import Settings
 from predictor.service import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.runtime.settings
 
 
@@ -29,11 +29,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 bearer = HTTPBearer(auto_error=False, description="An API key: `predictor keys create`")
 
 
-def get_caller(
+async def get_caller(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
-    """The key behind ``Authorization: Bearer <key>``; 401 when it is missing or not live."""
+    """The key behind ``Authorization: Bearer <key>``; 401 when it is missing or not live.
+
+    Async, like every dependency here: a sync one costs each request a thread hop. The
+    key check reads memory (the store re-reads live keys at most once a second).
+    """
     if credentials is None:
         raise HTTPException(
             401, "an API key is required: Authorization: Bearer <key>",
@@ -53,13 +57,13 @@ def get_caller(
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def require(scope: Scope) -> Callable[[Caller], Caller]:
+def require(scope: Scope) -> Callable[[Caller], Awaitable[Caller]]:
     """A dependency admitting keys that hold ``scope`` (admin holds every scope); else 403.
 
     Routes take it through the aliases below, e.g. ``def route(caller: AdminCaller)``.
     """
 
-    def check_scope(caller: CallerDep) -> Caller:
+    async def check_scope(caller: CallerDep) -> Caller:
         if not caller.allows(scope):
             raise HTTPException(
                 403, f"this API key has scope {caller.scope!r}; this needs {scope!r}",

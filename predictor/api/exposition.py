@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,7 +17,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(
+async def metrics(
     request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -26,9 +27,12 @@ def metrics(
     Needs a key with the ``read`` scope unless ``metrics_public`` is set.
     """
     if not runtime.settings.metrics_public:
-        require("read")(get_caller(runtime, credentials))  # 401 / 403 like every read route
+        # 401 / 403 like every read route
+        await require("read")(await get_caller(runtime, credentials))
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(runtime.telemetry.registry), media_type=content_type)
+    # Collecting reads the store: off the event loop.
+    body = await run_in_threadpool(encoder, runtime.telemetry.registry)
+    return Response(body, media_type=content_type)
 
 
 class IngestRequestCounter:

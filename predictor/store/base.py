@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -34,6 +35,7 @@ ACTION_COLUMNS = (
 # PostgreSQL advisory-lock keys (SQLite has one writer at a time and ignores them).
 DECIDER_LOCK = 0x70726564_01  # transaction(): deciders check and take budgets one at a time
 APPEND_LOCK = 0x70726564_02  # append_samples: log positions follow commit order
+LIVE_KEYS_TTL_S = 1.0  # how stale the live API keys a request is checked against may be
 MIGRATION_LOCK = 0x70726564_03  # schema migrations: one process migrates, the others wait
 
 
@@ -129,6 +131,7 @@ class Store(ABC):
     """
 
     dialect: Dialect
+    _live_keys: tuple[float, list[dict[str, Any]]] | None = None  # (read at, keys)
     _appends: GroupCommit  # backends set it to GroupCommit(self.append_batches)
 
     # -- what a backend provides -------------------------------------------------------
@@ -410,6 +413,7 @@ class Store(ABC):
         self, *, name: str, scope: str, key_hash: str, created: float, only_if_none: bool = False
     ) -> int | None:
         """Store a key's hash; its id. ``only_if_none``: only into an empty table, else None."""
+        self._live_keys = None
         with self.transaction() as conn:
             # Checked inside the serialised transaction, so two first starts make one key.
             if only_if_none and conn.execute("SELECT count(*) FROM api_keys").fetchone()[0]:
@@ -428,8 +432,19 @@ class Store(ABC):
         rows = self._query(f"SELECT {', '.join(cols)} FROM api_keys{where} ORDER BY id")
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
+    def live_api_keys(self, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """The live keys, read at most once per ``LIVE_KEYS_TTL_S`` unless ``fresh`` (every
+        request checks them). A key added or revoked through this store is seen at once;
+        through another process (``predictor keys``), within ``LIVE_KEYS_TTL_S``."""
+        cached = self._live_keys
+        now = time.monotonic()
+        if fresh or cached is None or now - cached[0] > LIVE_KEYS_TTL_S:
+            cached = self._live_keys = (now, self.api_keys(live_only=True))
+        return cached[1]
+
     def revoke_api_key(self, key_id: int, *, at: float) -> bool:
         """Mark a key revoked (an earlier revocation time is kept); False if there is none."""
+        self._live_keys = None
         with self._begin(None) as conn:
             cursor = conn.execute(
                 "UPDATE api_keys SET revoked = coalesce(revoked, ?) WHERE id = ?", (at, key_id)
