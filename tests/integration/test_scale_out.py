@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -41,18 +43,8 @@ def fleet_step(rng: np.random.Generator, step: int, t0: float) -> dict:
     return {"samples": samples}
 
 
-def wait_for(check, deadline_s: float, what: str):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_replicas_and_workers_survive_a_killed_worker(
-    tmp_path: Path, pg_url: str, nats_stream: dict[str, str]
+    tmp_path: Path, pg_url: str, nats_stream: dict[str, str], wait_until: Callable[..., Any]
 ) -> None:
     env = {
         "PREDICTOR_DATABASE_URL": pg_url,
@@ -76,20 +68,28 @@ def test_replicas_and_workers_survive_a_killed_worker(
     ]  # fmt: skip
     apis = [ServerProcess(tmp_path, db=db, env=env, role="api", name=f"api-{i}") for i in range(2)]
     processes = [*workers, *apis]
+
+    def wait(check: Callable[[], Any], what: str) -> Any:
+        return wait_until(check, deadline_s=TAKEOVER_DEADLINE_S, what=what)
+
     try:
         for proc in processes:
             proc.start()
         client = httpx.Client(headers=DEV_AUTH, timeout=30)
 
-        def owners() -> dict:
+        def owners() -> dict | None:
             status = client.get(f"{apis[0].url}/readyz").json()
-            return status if status["partitions_owned"] == PARTITIONS else {}
+            return status if status["partitions_owned"] == PARTITIONS else None
 
-        def balanced() -> dict:
+        def balanced() -> dict | None:
             status = owners()
-            return status if status and set(status["workers"]) == {"w0", "w1", "w2"} else {}
+            return status if status and set(status["workers"]) == {"w0", "w1", "w2"} else None
 
-        wait_for(balanced, TAKEOVER_DEADLINE_S, "every partition owned, by all three workers")
+        wait_until(
+            balanced,
+            deadline_s=TAKEOVER_DEADLINE_S,
+            what="every partition owned, by all three workers",
+        )
 
         rng = np.random.default_rng(7)
         t0 = time.time() - 3600
@@ -117,28 +117,38 @@ def test_replicas_and_workers_survive_a_killed_worker(
                     "SELECT c.position FROM leases l JOIN checkpoints c USING (part)"
                     " WHERE l.worker = 'w0' AND c.worker = 'w0'"
                 ).fetchall()
-            return bool(rows) and min(r[0] for r in rows) > 0
+            return (bool(rows) and min(r[0] for r in rows) > 0) or None
 
-        wait_for(checkpointed_by_w0, TAKEOVER_DEADLINE_S, "a checkpoint of w0's partitions")
+        wait_until(
+            checkpointed_by_w0,
+            deadline_s=TAKEOVER_DEADLINE_S,
+            what="a checkpoint of w0's partitions",
+        )
         workers[0].kill()  # SIGKILL: no release, no last checkpoint
         for step in range(STEPS_BEFORE_KILL, STEPS_BEFORE_KILL + STEPS_AFTER_KILL):
             send(step)
 
         # Its partitions are served again: all owned, by the two survivors only.
-        def taken_over() -> dict:
+        def taken_over() -> dict | None:
             status = owners()
-            return status if status and "w0" not in status["workers"] else {}
+            return status if status and "w0" not in status["workers"] else None
 
-        status = wait_for(taken_over, TAKEOVER_DEADLINE_S, "the dead worker's partitions")
+        status = wait_until(
+            taken_over, deadline_s=TAKEOVER_DEADLINE_S, what="the dead worker's partitions"
+        )
         assert set(status["workers"]) <= {"w1", "w2"}
 
         last_ts = t0 + (STEPS_BEFORE_KILL + STEPS_AFTER_KILL - 1) * STEP_S
 
-        def all_scored() -> list:
+        def all_scored() -> list | None:
             rows = client.get(f"{apis[1].url}/v1/risk", params={"top": 1000}).json()
-            return rows if {r["node"] for r in rows if r["ts"] >= last_ts} == set(NODES) else []
+            return rows if {r["node"] for r in rows if r["ts"] >= last_ts} == set(NODES) else None
 
-        wait_for(all_scored, TAKEOVER_DEADLINE_S, "every node scored up to its last sample")
+        wait_until(
+            all_scored,
+            deadline_s=TAKEOVER_DEADLINE_S,
+            what="every node scored up to its last sample",
+        )
 
         store = store_for_url(pg_url)
         frame, in_log = store.samples_frame(), store.last_sample_rowid()
