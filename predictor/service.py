@@ -44,8 +44,9 @@ class Overloaded(Exception):
 class Runtime:
     """Everything one running service holds.
 
-    In the ``api`` role of the scale-out mode there is no scorer: batches go to the
-    stream's ``publisher`` and risk is read from the shared store.
+    In the ``api`` role there is no scorer: batches go to the stream's ``publisher``
+    (scale-out) or to the store that a ``scorer`` process follows, and risk is read from
+    the store.
     """
 
     settings: Settings
@@ -152,21 +153,20 @@ def ingest_samples(*, runtime: Runtime, batch: SampleBatch, fmt: str = "json") -
 
     ``fmt`` names the wire format it came in (for the ingest counters).
     """
+    if not len(batch):
+        return 0
     if runtime.publisher is not None:
-        if len(batch):
-            try:
-                runtime.publisher.publish(batch)
-            except StreamError as exc:
-                raise Overloaded(retry_after_s=1, why=str(exc)) from exc
-            runtime.telemetry.record_ingest(fmt, count=len(batch), newest_ts=float(batch.ts.max()))
-        return len(batch)
-    lag = scoring_lag_rows(runtime=runtime)
-    if lag > runtime.settings.max_unscored_rows:
-        raise Overloaded(retry_after_s=max(1, math.ceil(lag / 200_000)))
-    if len(batch):
+        try:
+            runtime.publisher.publish(batch)
+        except StreamError as exc:
+            raise Overloaded(retry_after_s=1, why=str(exc)) from exc
+    else:
+        lag = scoring_lag_rows(runtime=runtime)
+        if lag > runtime.settings.max_unscored_rows:
+            raise Overloaded(retry_after_s=max(1, math.ceil(lag / 200_000)))
         runtime.store.append_samples(batch)
-        runtime.telemetry.record_ingest(fmt, count=len(batch), newest_ts=float(batch.ts.max()))
         runtime.notify()
+    runtime.telemetry.record_ingest(fmt, count=len(batch), newest_ts=float(batch.ts.max()))
     return len(batch)
 
 
