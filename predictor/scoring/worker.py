@@ -81,8 +81,11 @@ class Worker:
         renewals = asyncio.create_task(self._renew_forever(stop))
         logger.info("worker %s started", self.id)
         try:
+            next_rebalance = 0.0
             while not stop.is_set():
-                await self._rebalance()
+                if time.monotonic() >= next_rebalance:  # the store is asked once a second
+                    await self._rebalance()
+                    next_rebalance = time.monotonic() + min(1.0, self.settings.lease_ttl_s / 3)
                 scored = 0
                 for part in list(self.owned.values()):
                     try:
@@ -125,6 +128,7 @@ class Worker:
         self.held = self.store.renew_leases(worker=self.id, ttl_s=self.settings.lease_ttl_s)
 
     async def _rebalance(self) -> None:
+        """Drop what was lost, hand back what is above the fair share, take up to it."""
         s = self.settings
         for number, part in list(self.owned.items()):
             if self.held.get(number) != part.epoch:
