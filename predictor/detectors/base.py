@@ -79,6 +79,16 @@ def grow(array: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
     return out
 
 
+def grow_columns(array: np.ndarray, size: int) -> np.ndarray:
+    """Return a ``(quantity, series)`` array extended along axis 1 to at least ``size``.
+
+    Each quantity's row stays contiguous (C order), so a run of series is a plain slice.
+    """
+    if array.shape[1] >= size:
+        return array
+    return grow(array.T, size).T.copy()
+
+
 def rows_of(keys: np.ndarray) -> slice | np.ndarray:
     """``keys`` as an index into per-series arrays: a slice when they are one ascending run.
 

@@ -11,15 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
-from predictor.detectors.base import grow
+from predictor.detectors.base import grow, grow_columns
 
 # log(1e-10): a tail probability this small maps to a score of 1.
 _LOG_FLOOR = float(np.log(1e-10))
-
-
-def _grow_series(array: np.ndarray, size: int) -> np.ndarray:
-    """Extend a ``(signal, series)`` array to at least ``size`` series (amortised doubling)."""
-    return grow(array.T, size).T.copy()  # back to C order: each signal's row contiguous
 
 
 class AnomalyLikelihood:
@@ -66,9 +61,9 @@ class AnomalyLikelihood:
 
     def ensure(self, size: int) -> None:
         if self.avg_.shape[1] < size:
-            self.avg_ = _grow_series(self.avg_, size)
-            self.mean_ = _grow_series(self.mean_, size)
-            self.var_ = _grow_series(self.var_, size)
+            self.avg_ = grow_columns(self.avg_, size)
+            self.mean_ = grow_columns(self.mean_, size)
+            self.var_ = grow_columns(self.var_, size)
         self.count_ = grow(self.count_, size)
 
     def _compute(self, keys: np.ndarray, count: np.ndarray, raw: list[np.ndarray], fuse: bool):  # type: ignore[no-untyped-def]
