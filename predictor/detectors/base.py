@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+# Samples per block when row-major state is updated column by column (see row_blocks).
+BLOCK_ROWS = 8192
 
 
 class OnlineDetector(ABC):
@@ -99,3 +103,20 @@ def rows_of(keys: np.ndarray) -> slice | np.ndarray:
     if n > 1 and keys[-1] - keys[0] == n - 1 and (keys[1:] - keys[:-1] == 1).all():
         return slice(int(keys[0]), int(keys[-1]) + 1)
     return keys
+
+
+def row_blocks(
+    at: slice | np.ndarray, n: int, size: int = BLOCK_ROWS
+) -> Iterator[tuple[slice, slice | np.ndarray]]:
+    """Cut ``n`` samples addressed by ``at`` (from :func:`rows_of`) into blocks of ``size``.
+
+    Yields each block's positions among the samples and its index into per-series
+    arrays. Row-major state (a row of quantities per series) is read and written column by
+    column; one block's rows stay in cache across those passes, a whole fleet's do not.
+    """
+    for lo in range(0, n, size):
+        hi = min(lo + size, n)
+        if isinstance(at, slice):
+            yield slice(lo, hi), slice(at.start + lo, at.start + hi)
+        else:
+            yield slice(lo, hi), at[lo:hi]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow_columns, rows_of
+from predictor.detectors.base import OnlineDetector, grow_columns, row_blocks, rows_of
 
 # Per-series state, one row per quantity (columnar: a fleet's column is contiguous).
 _N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE = range(12)
@@ -216,9 +216,16 @@ class Sustained(OnlineDetector):
         np.maximum(score, miss / self.gap_h, out=score)
         return np.clip(score, 0.0, 1.0, out=score)
 
+    def _steps(self, s: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """``_step`` block by block: a block's temporaries stay in cache."""
+        score = np.empty(len(x))
+        for part, _ in row_blocks(slice(0, len(x)), len(x)):
+            score[part] = self._step(s[:, part], x[part], t[part])
+        return score
+
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
-        return self._step(self.columns_[:, keys], values, ts)
+        return self._steps(self.columns_[:, keys], values, ts)
 
     def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
         self.score_learn_many(keys, values, ts)
@@ -227,9 +234,9 @@ class Sustained(OnlineDetector):
         self._ensure(keys)
         at = rows_of(keys)
         if isinstance(at, slice):
-            return self._step(self.columns_[:, at], values, ts)  # a view: learns in place
+            return self._steps(self.columns_[:, at], values, ts)  # a view: learns in place
         s = self.columns_[:, keys]
-        score = self._step(s, values, ts)
+        score = self._steps(s, values, ts)
         self.columns_[:, keys] = s
         return score
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from predictor.detectors.base import grow, rows_of
+from predictor.detectors.base import grow, row_blocks, rows_of
 
 ALPHA_FAST = 0.3
 ALPHA_SLOW = 0.05
@@ -68,15 +68,18 @@ class OnlineFeatures:
             return np.zeros(0, dtype=bool)
         self.ensure(int(keys.max()) + 1)
         at = rows_of(keys)
+        in_order = (self.count_[at] == 0) | (t > self.state_[at, 1])
+        if not in_order.all():
+            keys, x, t = keys[in_order], x[in_order], t[in_order]
+            at = rows_of(keys)
+        for part, rows in row_blocks(at, len(keys)):
+            self._fold(rows, x[part], t[part])
+        return in_order
+
+    def _fold(self, at: slice | np.ndarray, x: np.ndarray, t: np.ndarray) -> None:
+        """Fold in samples that are in order (a block small enough to stay in cache)."""
         count, s = self.count_[at], self.state_[at]
         first = count == 0
-        in_order = first | (t > s[:, 1])
-        if not in_order.all():
-            keys, x, t, count, s, first = (
-                keys[in_order], x[in_order], t[in_order], count[in_order], s[in_order],
-                first[in_order],
-            )  # fmt: skip
-            at = rows_of(keys)
         if first.any():
             # A new series starts from its own sample (gap, rate, spread and slope 0):
             # from this state the updates below give exactly that.
@@ -103,7 +106,6 @@ class OnlineFeatures:
         _put_columns(self.values_, at, x, m_fast, m_slow, np.sqrt(v_fast), np.sqrt(v_slow),
                      rate, slope, np.clip(z, -Z_CLIP, Z_CLIP), gap, m_long, np.sqrt(v_long),
                      drift)  # fmt: skip
-        return in_order
 
     def last_ts(self, keys: np.ndarray) -> np.ndarray:
         return np.where(self.count_[keys] > 0, self.state_[keys, 1], np.nan)
