@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow, rows_of
 
 _TABLES = ("vmean_", "vvar_", "dmean_", "dvar_", "seen_")
 
@@ -83,7 +83,7 @@ class SeasonalNovelty(OnlineDetector):
     def raw_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
         """Raw signals (two arrays of ``len(keys)``), without learning."""
         self._ensure(keys)
-        diff = values - self.prev_[keys]
+        diff = values - self.prev_[rows_of(keys)]
         vmean, vvar, dmean, dvar, seen = self._gather(self._cell(keys, ts))
         return self._raw(vmean, vvar, dmean, dvar, seen, values, diff)
 
@@ -102,9 +102,11 @@ class SeasonalNovelty(OnlineDetector):
         self._ensure(keys)
         cell = self._cell(keys, ts)
         vmean, vvar, dmean, dvar, seen = self._gather(cell)
-        count = self.count_[keys]
-        diff = np.where(count == 0, 0.0, values - self.prev_[keys])
-        raw = self._raw(vmean, vvar, dmean, dvar, seen, values, values - self.prev_[keys])
+        at = rows_of(keys)
+        count = self.count_[at]
+        change = values - self.prev_[at]
+        diff = np.where(count == 0, 0.0, change)
+        raw = self._raw(vmean, vvar, dmean, dvar, seen, values, change)
         a = 1.0 / np.minimum(seen + 1.0, 1.0 / self.alpha)
         for mean_name, var_name, x, mean, var in (
             ("vmean_", "vvar_", values, vmean, vvar),
@@ -114,6 +116,6 @@ class SeasonalNovelty(OnlineDetector):
             getattr(self, mean_name).reshape(-1)[cell] = mean + a * delta
             getattr(self, var_name).reshape(-1)[cell] = (1.0 - a) * (var + a * delta * delta)
         self.seen_.reshape(-1)[cell] = seen + 1
-        self.prev_[keys] = values
-        self.count_[keys] = count + 1
+        self.prev_[at] = values
+        self.count_[at] = count + 1
         return raw
