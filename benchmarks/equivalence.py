@@ -72,8 +72,17 @@ def state_of(obj: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
         if not name.endswith("_"):
             continue
         if isinstance(value, np.ndarray):
+            # Layouts that changed for speed, compared in the old one.
             if name == "columns_":  # Sustained's state, once one row per series
                 name, value = "state_", value.T
+            if name == "profile_":  # SeasonalNovelty's tables, once (series, phase)
+                for legacy, table in zip(
+                    ("vmean_", "vvar_", "dmean_", "dvar_"), value, strict=True
+                ):
+                    out[f"{prefix}.{legacy}"] = table.T
+                continue
+            if name == "visits_":
+                name, value = "seen_", value.T
             out[f"{prefix}.{name}"] = value
         elif hasattr(value, "__dict__"):
             state_of(value, f"{prefix}.{name}", out)
