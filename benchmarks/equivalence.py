@@ -111,7 +111,7 @@ def dump(path: str) -> None:
         out[f"engine[{name}].series_score"] = st.series_score[:n]
         out[f"engine[{name}].series_evidence"] = st.series_evidence[:n]
         out[f"engine[{name}].features"] = st.features.values_[:n]
-        out[f"engine[{name}].feature_state"] = st.features.state_[:n]
+        out[f"engine[{name}].feature_state"] = st.features.columns_[:, :n].T
         for i, det in enumerate(st.detectors + st.evidence_detectors):
             state_of(det, f"engine[{name}].det{i}", out)
 

@@ -287,7 +287,7 @@ class ScoringEngine:
         slots = np.array([self._slots.get(st.series_metric[s], -1) for s in series], dtype=np.int64)
         return assemble(
             values=st.features.values_[series],
-            last_ts=st.features.state_[series, 1],
+            last_ts=st.features.columns_[1, series],
             series_node=local,
             series_slot=slots,
             node_ts=st.node_ts[node_ids],

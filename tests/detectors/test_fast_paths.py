@@ -17,6 +17,7 @@ import pytest
 
 from predictor.detectors import REGISTRY, SeasonalNovelty, Sustained, base, make_detector
 from predictor.detectors.sustained import _bias_weight
+from predictor.features import OnlineFeatures
 
 # river's detector keeps one Python model per series: it has no fast path to compare.
 FAST = sorted(set(REGISTRY) - {"river_hst"})
@@ -127,3 +128,15 @@ def test_checkpoints_in_the_old_layout_load_and_score_the_same(name: str) -> Non
         np.testing.assert_array_equal(
             old.score_learn_many(keys, x, t), detector.score_learn_many(keys, x, t)
         )
+
+
+def test_feature_checkpoints_in_the_old_layout_load_and_update_the_same() -> None:
+    features = OnlineFeatures()
+    for keys, x, t in stream(steps=60):
+        features.update(keys, x, t)
+    old = legacy(features, {"columns_": {"state_": features.columns_.T.copy()}})
+    for keys, x, t in stream(seed=5, steps=20):
+        t = t + 1e6
+        np.testing.assert_array_equal(old.update(keys, x, t), features.update(keys, x, t))
+        np.testing.assert_array_equal(old.values_, features.values_)
+    np.testing.assert_array_equal(old.columns_, features.columns_)
