@@ -17,7 +17,9 @@ order, i.e. the slice path, and shuffled subsets, i.e. the gather path).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,8 @@ def stream(seed: int = 0, n_nodes: int = 40, n_metrics: int = 6, steps: int = 42
     level = rng.uniform(0, 100, size)
     noise = rng.uniform(0.01, 3, size) * (rng.random(size) > 0.05)  # some flat series
     ramp = np.where(rng.random(size) < 0.1, rng.uniform(0.05, 0.5, size), 0.0)
-    ramp_start = rng.integers(100, steps, size)
+    ramp_start = rng.integers(steps // 4, steps, size)
+    quiet = {*range(steps // 8, steps // 8 + 3), *range(steps // 2 + 3, steps // 2 + 6)}
     born = np.where(rng.random(size) < 0.2, rng.integers(1, steps // 2, size), 0)
     drop = rng.random(size) < 0.1  # series that drop more and more samples later on
     nodes = np.repeat(np.array([f"n{i:03d}" for i in range(n_nodes)], dtype=object), n_metrics)
@@ -42,7 +45,7 @@ def stream(seed: int = 0, n_nodes: int = 40, n_metrics: int = 6, steps: int = 42
         for s in range(step, min(step + span, steps)):
             alive = born <= s
             alive &= ~(drop & (s > steps // 2) & (rng.random(size) < (s - steps // 2) / steps))
-            if s % 97 in (50, 51, 52):  # a silence of one node group
+            if s in quiet:  # a silence of one node group
                 alive &= np.arange(size) % 7 != 3
             idx = np.flatnonzero(alive)
             t = 1_764_115_200.0 + 10.0 * s + rng.uniform(0, 2, len(idx))
@@ -88,32 +91,65 @@ def state_of(obj: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
             state_of(value, f"{prefix}.{name}", out)
 
 
-def dump(path: str) -> None:
-    from predictor.config import Settings
-    from predictor.detectors import REGISTRY, make_detector
+@contextlib.contextmanager
+def _block_rows(size: int | None) -> Iterator[None]:
+    """Run with ``BLOCK_ROWS = size`` where the checkout has blocks (else as it is)."""
+    from predictor.detectors import base
+
+    default = getattr(base, "BLOCK_ROWS", None)
+    if size is None or default is None:
+        yield
+        return
+    base.BLOCK_ROWS = size
+    try:
+        yield
+    finally:
+        base.BLOCK_ROWS = default
+
+
+def run_engine(settings: Any, batches: Iterable[tuple], prefix: str, out: dict) -> None:  # type: ignore[type-arg]
+    """Every score, risk and learnt array of an engine fed ``batches``."""
     from predictor.ingest.batch import SampleBatch
     from predictor.scoring import ScoringEngine
 
+    engine = ScoringEngine(settings=settings)
+    scores, risk, why = [], [], []
+    for node, metric, t, x in batches:
+        result = engine.process(SampleBatch.from_columns(node, metric, t, x))
+        scores.append(result.sample_scores)
+        frame = result.risk.sort_values(["node", "ts"], kind="stable")
+        risk.append(frame[["risk", "online", "trend"]].to_numpy(dtype=float).ravel())
+        why.extend(repr(w) for w in frame["why"])  # repr keeps every float's bits
+    out[f"{prefix}.scores"] = np.concatenate(scores)
+    out[f"{prefix}.risk"] = np.concatenate(risk)
+    out[f"{prefix}.why"] = np.array(why)
+    st = engine.state
+    n = len(st.series_ids)
+    out[f"{prefix}.series_score"] = st.series_score[:n]
+    out[f"{prefix}.series_evidence"] = st.series_evidence[:n]
+    out[f"{prefix}.features"] = st.features.values_[:n]
+    columns = getattr(st.features, "columns_", None)  # once row-major ``state_``
+    out[f"{prefix}.feature_state"] = st.features.state_[:n] if columns is None else columns[:, :n].T
+    for i, det in enumerate(st.detectors + st.evidence_detectors):
+        state_of(det, f"{prefix}.det{i}", out)
+
+
+def dump(path: str) -> None:
+    from predictor.config import Settings
+    from predictor.detectors import REGISTRY, make_detector
+
     out: dict[str, np.ndarray] = {}
-    for detectors in (["ewma_z"], ["ensemble"]):
-        name = "+".join(detectors)
-        engine = ScoringEngine(settings=Settings(online_detectors=detectors))
-        scores, risk = [], []
-        for node, metric, t, x in stream():
-            result = engine.process(SampleBatch.from_columns(node, metric, t, x))
-            scores.append(result.sample_scores)
-            frame = result.risk.sort_values(["node", "ts"], kind="stable")
-            risk.append(frame[["risk", "online", "trend"]].to_numpy(dtype=float).ravel())
-        out[f"engine[{name}].scores"] = np.concatenate(scores)
-        out[f"engine[{name}].risk"] = np.concatenate(risk)
-        st = engine.state
-        n = len(st.series_ids)
-        out[f"engine[{name}].series_score"] = st.series_score[:n]
-        out[f"engine[{name}].series_evidence"] = st.series_evidence[:n]
-        out[f"engine[{name}].features"] = st.features.values_[:n]
-        out[f"engine[{name}].feature_state"] = st.features.columns_[:, :n].T
-        for i, det in enumerate(st.detectors + st.evidence_detectors):
-            state_of(det, f"engine[{name}].det{i}", out)
+    scenarios = {
+        # Small blocks (where the code has them) so that a small fleet crosses block edges.
+        "small": ({"n_nodes": 40, "n_metrics": 6, "steps": 420}, 16),
+        # A fleet larger than one block at the real block size.
+        "fleet": ({"seed": 2, "n_nodes": 2000, "n_metrics": 20, "steps": 30}, None),
+    }
+    for scenario, (params, block_rows) in scenarios.items():
+        for detectors in (["ewma_z"], ["ensemble"]):
+            prefix = f"{scenario}.engine[{'+'.join(detectors)}]"
+            with _block_rows(block_rows):
+                run_engine(Settings(online_detectors=detectors), stream(**params), prefix, out)
 
     # Each detector on its own: full key-ordered batches (slice path), shuffled subsets
     # (gather path) and score_many probes that must not learn.
@@ -157,8 +193,11 @@ def compare(old_path: str, new_path: str) -> int:
             print(f"{name}: shape/dtype {a.shape} {a.dtype} != {b.shape} {b.dtype}")
             bad.append(name)
         elif not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
-            diff = np.nanmax(np.abs(a.astype(float) - b.astype(float)))
-            print(f"{name}: differs, max |diff| {diff:.3g}")
+            if a.dtype.kind in "fiub":
+                diff = np.nanmax(np.abs(a.astype(float) - b.astype(float)))
+                print(f"{name}: differs, max |diff| {diff:.3g}")
+            else:
+                print(f"{name}: differs in {int((a != b).sum())} of {a.size}")
             bad.append(name)
     print(f"{len(old.files)} arrays compared, {len(bad)} differ")
     return 1 if bad else 0
