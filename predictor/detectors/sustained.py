@@ -114,7 +114,7 @@ class Sustained(OnlineDetector):
         dt = t - s[_T]
         if any_first:
             dt[first] = 1.0
-        np.copyto(dt, 1.0, where=dt <= 0)  # not `dt > 0`: the same for finite times
+        np.copyto(dt, 1.0, where=dt <= 0)  # a gap that is not positive counts as 1 s
         # Bias-corrected slow moments: unbiased from the first samples on.
         count = n.astype(np.intp)
         weight_prev = _bias_weight(self.alpha_ref, count, lowest=0, shift=-1)
