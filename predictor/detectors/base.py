@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+# Samples per block when row-major state is updated column by column (see row_blocks).
+BLOCK_ROWS = 8192
 
 
 class OnlineDetector(ABC):
@@ -79,6 +83,16 @@ def grow(array: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
     return out
 
 
+def grow_columns(array: np.ndarray, size: int) -> np.ndarray:
+    """Return a ``(quantity, series)`` array extended along axis 1 to at least ``size``.
+
+    Each quantity's row stays contiguous (C order), so a run of series is a plain slice.
+    """
+    if array.shape[1] >= size:
+        return array
+    return grow(array.T, size).T.copy()
+
+
 def rows_of(keys: np.ndarray) -> slice | np.ndarray:
     """``keys`` as an index into per-series arrays: a slice when they are one ascending run.
 
@@ -89,3 +103,21 @@ def rows_of(keys: np.ndarray) -> slice | np.ndarray:
     if n > 1 and keys[-1] - keys[0] == n - 1 and (keys[1:] - keys[:-1] == 1).all():
         return slice(int(keys[0]), int(keys[-1]) + 1)
     return keys
+
+
+def row_blocks(
+    at: slice | np.ndarray, n: int, size: int | None = None
+) -> Iterator[tuple[slice, slice | np.ndarray]]:
+    """Cut ``n`` samples addressed by ``at`` (from :func:`rows_of`) into blocks of ``size``.
+
+    Yields each block's positions among the samples and its index into per-series
+    arrays. Row-major state (a row of quantities per series) is read and written column by
+    column; one block's rows stay in cache across those passes, a whole fleet's do not.
+    """
+    size = size or BLOCK_ROWS  # read at call time: tests shrink it to cross block edges
+    for lo in range(0, n, size):
+        hi = min(lo + size, n)
+        if isinstance(at, slice):
+            yield slice(lo, hi), slice(at.start + lo, at.start + hi)
+        else:
+            yield slice(lo, hi), at[lo:hi]

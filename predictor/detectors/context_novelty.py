@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow, row_blocks, rows_of
 
 # Multiplicative hashing constant (2^64 / phi) as a wrapping signed 64-bit integer.
 _GOLDEN = np.int64(0x9E3779B97F4A7C15 - (1 << 64))
@@ -55,28 +55,34 @@ class ContextNovelty(OnlineDetector):
         self.table_ = grow(self.table_, size)
         self.count_ = grow(self.count_, size)
 
-    def _lookup(self, keys: np.ndarray, values: np.ndarray):  # type: ignore[no-untyped-def]
-        count = self.count_[keys]
-        lo = np.where(count > 0, self.lo_[keys], values)
-        hi = np.where(count > 0, self.hi_[keys], values)
-        lo, hi = np.minimum(lo, values), np.maximum(hi, values)
+    def _lookup(self, keys: np.ndarray, at: slice | np.ndarray, values: np.ndarray):  # type: ignore[no-untyped-def]
+        count = self.count_[at]
+        lo = np.where(count > 0, self.lo_[at], values)
+        hi = np.where(count > 0, self.hi_[at], values)
+        np.minimum(lo, values, out=lo)
+        np.maximum(hi, values, out=hi)
         span = hi - lo
         pos = np.divide(values - lo, span, out=np.zeros_like(values), where=span > 0)
         level = np.minimum((pos * self.levels).astype(np.int64), self.levels - 1)
-        ctx = self.ctx_[keys] * self.levels + level
+        ctx = self.ctx_[at] * self.levels + level
         # All context lengths at once, as (order, sample) arrays: the last order+1 levels,
         # tagged with the order so lengths do not collide.
         orders = np.arange(self.min_order, self.context + 1)[:, None]
-        suffix = ctx % self.levels ** (orders + 1) + orders * self.levels ** (self.context + 1)
+        h = _mod(ctx, self.levels ** (orders + 1))
+        h += orders * self.levels ** (self.context + 1)
         # Multiplicative hashing; int64 products wrap around, which is what it wants.
-        h = ((suffix * _GOLDEN) >> np.int64(64 - self.table_bits)) & np.int64(
-            (1 << self.table_bits) - 1
-        )
+        h *= _GOLDEN
+        h >>= np.int64(64 - self.table_bits)
+        h &= np.int64((1 << self.table_bits) - 1)
         # Flat (key, byte) offsets: 1-D fancy indexing is much cheaper than 2-D.
-        offset = keys * self.table_.shape[1] + (h >> 3)
+        offset = h >> 3
+        offset += keys * self.table_.shape[1]
         bit = (h & 7).astype(np.uint8)
-        seen = (self.table_.reshape(-1)[offset.ravel()] >> bit.ravel()) & 1
-        novel = 1.0 - seen.reshape(h.shape).mean(axis=0)
+        seen = self.table_.reshape(-1)[offset]
+        seen >>= bit
+        seen &= 1
+        # The fraction of contexts seen (a sum of 0s and 1s over the count: exact).
+        novel = 1.0 - seen.sum(axis=0) / len(orders)
         novel = np.where(count > self.context, novel, 0.0)
         slots = (offset, bit)
         return novel, lo, hi, ctx, slots
@@ -84,7 +90,7 @@ class ContextNovelty(OnlineDetector):
     def raw_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
         """Raw signal (one array of ``len(keys)``), without learning."""
         self._ensure(keys)
-        return [self._lookup(keys, values)[0]]
+        return [self._lookup(keys, rows_of(keys), values)[0]]
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return self.raw_many(keys, values, ts)[0]
@@ -95,17 +101,35 @@ class ContextNovelty(OnlineDetector):
     def raw_learn_many(
         self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray
     ) -> list[np.ndarray]:
-        """``raw_many`` then ``learn_many`` with one lookup."""
+        """``raw_many`` then ``learn_many``, block by block: a block's table bytes are
+        still in cache when they are written back."""
         self._ensure(keys)
-        novel, lo, hi, ctx, slots = self._lookup(keys, values)
+        novel = np.empty(len(keys))
+        for part, at in row_blocks(rows_of(keys), len(keys)):
+            novel[part] = self._lookup_learn(keys[part], at, values[part])
+        return [novel]
+
+    def _lookup_learn(
+        self, keys: np.ndarray, at: slice | np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        novel, lo, hi, ctx, slots = self._lookup(keys, at, values)
         offset, bit = slots
         flat = self.table_.reshape(-1)  # a view: writes land in the table
         # One order at a time: within an order each key (row) appears once, so offsets are
         # unique, while two orders of one key may share a byte.
         for off, b in zip(offset, bit, strict=True):
             flat[off] |= np.left_shift(np.uint8(1), b)
-        self.lo_[keys] = lo
-        self.hi_[keys] = hi
-        self.ctx_[keys] = ctx % (self.levels**self.context)
-        self.count_[keys] += 1
-        return [novel]
+        self.lo_[at] = lo
+        self.hi_[at] = hi
+        self.ctx_[at] = _mod(ctx, self.levels**self.context)
+        self.count_[at] += 1
+        return novel  # type: ignore[no-any-return]
+
+
+def _mod(x: np.ndarray, m: np.ndarray | int) -> np.ndarray:
+    """``x % m`` for ``x >= 0`` and ``m`` positive: a mask when every ``m`` is a power of two
+    (integer division is the costliest step of a lookup otherwise)."""
+    m = np.asarray(m)
+    if ((m & (m - 1)) == 0).all():
+        return x & (m - 1)  # type: ignore[no-any-return]
+    return x % m  # type: ignore[no-any-return]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow, row_blocks, rows_of
 from predictor.detectors.context_novelty import ContextNovelty
 from predictor.detectors.ew_novelty import EwNovelty
 from predictor.detectors.likelihood import AnomalyLikelihood
@@ -111,6 +111,9 @@ class Ensemble(OnlineDetector):
     def _ensure(self, keys: np.ndarray) -> None:
         size = int(keys.max()) + 1 if len(keys) else 0
         self.likelihood_.ensure(size)
+        # Members grow once for the whole call, not block by block.
+        for member in (self.plain_, self.seasonal_, self.context_, self.range_):
+            member._ensure(keys)
         self.seen_ = grow(self.seen_, size)
         self.hold_ = grow(self.hold_, size)
         self.peak_ = grow(self.peak_, size)
@@ -124,13 +127,31 @@ class Ensemble(OnlineDetector):
         lo, hi = self.ramp
         return [np.clip((z - lo) / (hi - lo), 0.0, 1.0), *context]
 
-    def _report(self, keys: np.ndarray, fused: np.ndarray) -> np.ndarray:
+    def _report(self, at: slice | np.ndarray, fused: np.ndarray) -> np.ndarray:
         # Repeats are muted, not zeroed: they still rank above normal samples.
-        fresh = (self.hold_[keys] == 0) & (fused > self.peak_[keys])
+        fresh = (self.hold_[at] == 0) & (fused > self.peak_[at])
         return np.where(fresh, fused, self.muted * fused)
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        return self._blocks(self._score_block, keys, values, ts)
+
+    def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+        self.score_learn_many(keys, values, ts)
+
+    def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        return self._blocks(self._score_learn_block, keys, values, ts)
+
+    def _blocks(self, step, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+        """``step`` block by block: each block's temporaries, in every member, stay in cache."""
         self._ensure(keys)
+        out = np.empty(len(keys))
+        for part, at in row_blocks(rows_of(keys), len(keys)):
+            out[part] = step(keys[part], at, values[part], ts[part])
+        return out
+
+    def _score_block(
+        self, keys: np.ndarray, at: slice | np.ndarray, values: np.ndarray, ts: np.ndarray
+    ) -> np.ndarray:
         raw = self._raw(
             self.plain_.raw_many(keys, values, ts),
             self.seasonal_.raw_many(keys, values, ts),
@@ -140,13 +161,11 @@ class Ensemble(OnlineDetector):
             self.likelihood_.score(keys, raw, fuse=True),
             self.range_.raw_many(keys, values, ts),
         )
-        return self._report(keys, fused)
+        return self._report(at, fused)
 
-    def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
-        self.score_learn_many(keys, values, ts)
-
-    def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        self._ensure(keys)
+    def _score_learn_block(
+        self, keys: np.ndarray, at: slice | np.ndarray, values: np.ndarray, ts: np.ndarray
+    ) -> np.ndarray:
         raw = self._raw(
             self.plain_.raw_learn_many(keys, values, ts),
             self.seasonal_.raw_learn_many(keys, values, ts),
@@ -154,16 +173,16 @@ class Ensemble(OnlineDetector):
         )
         # Raw signals are wild while their own moments form: keep that out of the
         # long-term distribution the likelihood compares against.
-        seen = self.seen_[keys] + 1
-        self.seen_[keys] = seen
+        seen = self.seen_[at] + 1
+        self.seen_[at] = seen
         fused = np.maximum(
             self.likelihood_.score_learn(keys, raw, seen > self.settle, fuse=True),
             self.range_.raw_learn_many(keys, values, ts),
         )
-        out = self._report(keys, fused)
-        hold, peak = self.hold_[keys], self.peak_[keys]
-        self.peak_[keys] = np.where(fused < self.excursion, 0.0, np.maximum(peak, fused))
-        self.hold_[keys] = np.where(
+        out = self._report(at, fused)
+        hold, peak = self.hold_[at], self.peak_[at]
+        self.peak_[at] = np.where(fused < self.excursion, 0.0, np.maximum(peak, fused))
+        self.hold_[at] = np.where(
             (hold == 0) & (fused >= self.alarm), self.quiet, np.maximum(hold - 1, 0)
         )
         return out

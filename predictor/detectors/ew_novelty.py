@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow, rows_of
 
 
 class EwNovelty(OnlineDetector):
@@ -45,8 +45,8 @@ class EwNovelty(OnlineDetector):
         for name in ("mean_", "var_", "prev_", "dvar_", "count_"):
             setattr(self, name, grow(getattr(self, name), size))
 
-    def _gather(self, keys: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(a[keys] for a in (self.mean_, self.var_, self.prev_, self.dvar_, self.count_))
+    def _gather(self, at: slice | np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(a[at] for a in (self.mean_, self.var_, self.prev_, self.dvar_, self.count_))
 
     def _raw(self, mean, var, prev, dvar, count, values) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
         floor = 1e-9 + self.rel_floor * np.abs(mean)
@@ -63,7 +63,7 @@ class EwNovelty(OnlineDetector):
     def raw_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
         """Raw signals (two arrays of ``len(keys)``), without learning."""
         self._ensure(keys)
-        mean, var, prev, dvar, count = self._gather(keys)
+        mean, var, prev, dvar, count = self._gather(rows_of(keys))
         return self._raw(mean, var, prev, dvar, count, values)
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -79,18 +79,20 @@ class EwNovelty(OnlineDetector):
     ) -> list[np.ndarray]:
         """``raw_many`` then ``learn_many`` with one state gather."""
         self._ensure(keys)
-        mean, var, prev, dvar, count = self._gather(keys)
+        at = rows_of(keys)
+        # With a slice ``at`` these are views: each is last read before its own write.
+        mean, var, prev, dvar, count = self._gather(at)
         raw = self._raw(mean, var, prev, dvar, count, values)
         a = 1.0 / np.minimum(count + 1.0, 1.0 / self.alpha)
         first = count == 0
         mean = np.where(first, values, mean)
         delta = values - mean
-        self.mean_[keys] = mean + a * delta
-        self.var_[keys] = (1.0 - a) * (var + a * delta * delta)
+        self.mean_[at] = mean + a * delta
+        self.var_[at] = (1.0 - a) * (var + a * delta * delta)
         diff = np.where(first, 0.0, values - prev)
         # Differences have mean ~0 for any series worth differencing: track E[d^2] only.
         ad = 1.0 / np.minimum(np.maximum(count, 1.0), 1.0 / self.alpha)
-        self.dvar_[keys] = np.where(first, 0.0, dvar + ad * (diff * diff - dvar))
-        self.prev_[keys] = values
-        self.count_[keys] = count + 1
+        self.dvar_[at] = np.where(first, 0.0, dvar + ad * (diff * diff - dvar))
+        self.prev_[at] = values
+        self.count_[at] = count + 1
         return raw

@@ -38,19 +38,39 @@ class EwmaZScore(OnlineDetector):
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
-        at = rows_of(keys)
-        count, mean = self.count_[at], self.mean_[at]
-        # The floor keeps a perfectly flat series from turning any change into z = inf.
-        scale = np.sqrt(self.var_[at]) + 1e-9 + 1e-3 * np.abs(mean)
-        z = np.abs(values - mean) / scale
-        # log10 of the two-sided tail probability 2 * sf(z), computed stably for large z.
-        log10_p = (np.log(2.0) + special.log_ndtr(-z)) / np.log(10.0)
-        scores = np.clip(-log10_p / 10.0, 0.0, 1.0)
-        return np.where(count >= self.warmup, scores, 0.0)
+        return self._score(rows_of(keys), values)
 
     def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
         self._ensure(keys)
+        self._learn(rows_of(keys), values)
+
+    def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        self._ensure(keys)
         at = rows_of(keys)
+        scores = self._score(at, values)
+        self._learn(at, values)
+        return scores
+
+    def _score(self, at: slice | np.ndarray, values: np.ndarray) -> np.ndarray:
+        count, mean = self.count_[at], self.mean_[at]
+        # The floor keeps a perfectly flat series from turning any change into z = inf.
+        scale = np.sqrt(self.var_[at])
+        scale += 1e-9
+        scale += 1e-3 * np.abs(mean)
+        z = values - mean
+        np.abs(z, out=z)
+        z /= scale
+        # log10 of the two-sided tail probability 2 * sf(z), computed stably for large z.
+        log10_p = special.log_ndtr(np.negative(z, out=z), out=z)
+        log10_p += np.log(2.0)
+        log10_p /= np.log(10.0)
+        scores = np.negative(log10_p, out=log10_p)
+        scores /= 10.0
+        np.clip(scores, 0.0, 1.0, out=scores)
+        np.copyto(scores, 0.0, where=count < self.warmup)
+        return scores  # type: ignore[no-any-return]
+
+    def _learn(self, at: slice | np.ndarray, values: np.ndarray) -> None:
         first = self.count_[at] == 0
         mean = np.where(first, values, self.mean_[at])
         var = np.where(first, 0.0, self.var_[at])

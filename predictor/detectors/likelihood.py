@@ -11,15 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
-from predictor.detectors.base import grow
+from predictor.detectors.base import grow, grow_columns, rows_of
 
 # log(1e-10): a tail probability this small maps to a score of 1.
 _LOG_FLOOR = float(np.log(1e-10))
-
-
-def _grow_series(array: np.ndarray, size: int) -> np.ndarray:
-    """Extend a ``(signal, series)`` array to at least ``size`` series (amortised doubling)."""
-    return grow(array.T, size).T.copy()  # back to C order: each signal's row contiguous
 
 
 class AnomalyLikelihood:
@@ -66,16 +61,18 @@ class AnomalyLikelihood:
 
     def ensure(self, size: int) -> None:
         if self.avg_.shape[1] < size:
-            self.avg_ = _grow_series(self.avg_, size)
-            self.mean_ = _grow_series(self.mean_, size)
-            self.var_ = _grow_series(self.var_, size)
+            self.avg_ = grow_columns(self.avg_, size)
+            self.mean_ = grow_columns(self.mean_, size)
+            self.var_ = grow_columns(self.var_, size)
         self.count_ = grow(self.count_, size)
 
-    def _compute(self, keys: np.ndarray, count: np.ndarray, raw: list[np.ndarray], fuse: bool):  # type: ignore[no-untyped-def]
+    def _compute(
+        self, at: slice | np.ndarray, count: np.ndarray, raw: list[np.ndarray], fuse: bool
+    ):  # type: ignore[no-untyped-def]
         a = 1.0 / np.minimum(count + 1.0, self.short)
         old, avg, mean, var, z = [], [], [], [], []
         for j, r in enumerate(raw):
-            o, m, v = self.avg_[j][keys], self.mean_[j][keys], self.var_[j][keys]
+            o, m, v = self.avg_[j][at], self.mean_[j][at], self.var_[j][at]
             x = o + a * (r - o)
             old.append(o)
             avg.append(x)
@@ -99,7 +96,8 @@ class AnomalyLikelihood:
 
         A list with one array per signal, or (``fuse``) one array: their maximum.
         """
-        scores = self._compute(keys, self.count_[keys], raw, fuse)[0]
+        at = rows_of(keys)
+        scores = self._compute(at, self.count_[at], raw, fuse)[0]
         return scores[0] if fuse else scores
 
     def score_learn(
@@ -113,8 +111,11 @@ class AnomalyLikelihood:
 
         Rows where ``mask`` is False are not learnt (e.g. while a raw signal settles).
         """
-        count = self.count_[keys]
-        scores, old, avg, mean, var = self._compute(keys, count, raw, fuse)
+        at = rows_of(keys)
+        # With a slice ``at`` the state arrays below are views: each is last read before
+        # its own write.
+        count = self.count_[at]
+        scores, old, avg, mean, var = self._compute(at, count, raw, fuse)
         b = 1.0 / np.minimum(count + 1.0, self.long)
         if mask is not None:
             # Skipped rows keep their state: a zero rate leaves mean and variance as
@@ -123,10 +124,10 @@ class AnomalyLikelihood:
         for j in range(len(raw)):
             x = avg[j] if mask is None else np.where(mask, avg[j], old[j])
             delta = x - mean[j]
-            self.avg_[j][keys] = x
-            self.mean_[j][keys] = mean[j] + b * delta
-            self.var_[j][keys] = (1.0 - b) * (var[j] + b * delta * delta)
-        self.count_[keys] = count + (1 if mask is None else mask)
+            self.avg_[j][at] = x
+            self.mean_[j][at] = mean[j] + b * delta
+            self.var_[j][at] = (1.0 - b) * (var[j] + b * delta * delta)
+        self.count_[at] = count + (1 if mask is None else mask)
         return scores[0] if fuse else scores
 
     def learn(

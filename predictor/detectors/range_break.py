@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow, rows_of
 
 
 class RangeBreak(OnlineDetector):
@@ -45,7 +45,8 @@ class RangeBreak(OnlineDetector):
     def raw_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Raw signal (1 = break), without learning."""
         self._ensure(keys)
-        return self._raw(self.lo_[keys], self.hi_[keys], self.count_[keys], values)
+        at = rows_of(keys)
+        return self._raw(self.lo_[at], self.hi_[at], self.count_[at], values)
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return self.raw_many(keys, values, ts)
@@ -56,10 +57,12 @@ class RangeBreak(OnlineDetector):
     def raw_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """``raw_many`` then ``learn_many`` with one state gather."""
         self._ensure(keys)
-        lo, hi, count = self.lo_[keys], self.hi_[keys], self.count_[keys]
+        at = rows_of(keys)
+        lo, hi, count = self.lo_[at], self.hi_[at], self.count_[at]
         raw = self._raw(lo, hi, count, values)
         first = count == 0
-        self.lo_[keys] = np.where(first, values, np.minimum(lo, values))
-        self.hi_[keys] = np.where(first, values, np.maximum(hi, values))
-        self.count_[keys] = count + 1
+        # Each right-hand side is computed before its write lands (``lo`` may be a view).
+        self.lo_[at] = np.where(first, values, np.minimum(lo, values))
+        self.hi_[at] = np.where(first, values, np.maximum(hi, values))
+        self.count_[at] = count + 1
         return raw

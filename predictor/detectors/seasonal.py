@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow, grow_columns, rows_of
 
-_TABLES = ("vmean_", "vvar_", "dmean_", "dvar_", "seen_")
+_LEGACY_TABLES = ("vmean_", "vvar_", "dmean_", "dvar_")
 
 
 class SeasonalNovelty(OnlineDetector):
@@ -49,28 +51,48 @@ class SeasonalNovelty(OnlineDetector):
         self.min_seen = min_seen
         self.rel_floor = rel_floor
         self.cap = cap
-        # (series, phase) tables, addressed through flat cell indices.
-        self.vmean_ = np.zeros((0, buckets), dtype=np.float32)
-        self.vvar_ = np.zeros((0, buckets), dtype=np.float32)
-        self.dmean_ = np.zeros((0, buckets), dtype=np.float32)
-        self.dvar_ = np.zeros((0, buckets), dtype=np.float32)
-        self.seen_ = np.zeros((0, buckets), dtype=np.int32)
+        # Phase-major tables: (statistic, phase, series) value mean and variance, change
+        # mean and variance; (phase, series) visits. A fleet's samples at one time of day
+        # then sit side by side, so gathering and scattering them reads few cache lines.
+        self.profile_ = np.zeros((4, buckets, 0), dtype=np.float32)
+        self.visits_ = np.zeros((buckets, 0), dtype=np.int32)
         self.prev_ = np.zeros(0)
         self.count_ = np.zeros(0, dtype=np.int64)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints from before the phase-major layout kept (series, phase) tables.
+        if "vmean_" in state:
+            tables = [state.pop(name).T for name in _LEGACY_TABLES]
+            state["profile_"] = np.ascontiguousarray(np.stack(tables))
+            state["visits_"] = np.ascontiguousarray(state.pop("seen_").T)
+        self.__dict__.update(state)
+
     def _ensure(self, keys: np.ndarray) -> None:
         size = int(keys.max()) + 1 if len(keys) else 0
-        for name in (*_TABLES, "prev_", "count_"):
-            setattr(self, name, grow(getattr(self, name), size))
+        if self.visits_.shape[1] < size:
+            stats, phases, series = self.profile_.shape
+            flat = grow_columns(self.profile_.reshape(stats * phases, series), size)
+            self.profile_ = flat.reshape(stats, phases, flat.shape[1])
+            self.visits_ = grow_columns(self.visits_, size)
+        self.prev_ = grow(self.prev_, size)
+        self.count_ = grow(self.count_, size)
 
     def _cell(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
         phase = (np.floor((ts % self.period) / self.period * self.buckets)).astype(np.int64)
-        return keys * self.buckets + np.minimum(phase, self.buckets - 1)  # type: ignore[no-any-return]
+        np.minimum(phase, self.buckets - 1, out=phase)
+        phase *= self.visits_.shape[1]
+        phase += keys
+        return phase  # type: ignore[no-any-return]
 
     def _gather(self, cell: np.ndarray) -> list[np.ndarray]:
-        # Flat 1-D fancy indexing: several times cheaper than (key, phase) pairs.
-        out = [getattr(self, name).reshape(-1)[cell] for name in _TABLES]
-        return [a.astype(float) for a in out[:4]] + [out[4]]
+        # Flat 1-D fancy indexing: several times cheaper than (phase, key) pairs.
+        vmean, vvar, dmean, dvar = self._profile()[:, cell].astype(float)
+        return [vmean, vvar, dmean, dvar, self.visits_.reshape(-1)[cell]]
+
+    def _profile(self) -> np.ndarray:
+        """The profile as (statistic, cell): a view, so writes land in the tables."""
+        stats, phases, series = self.profile_.shape
+        return self.profile_.reshape(stats, phases * series)
 
     def _raw(self, vmean, vvar, dmean, dvar, seen, values, diff) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
         floor = 1e-9 + self.rel_floor * np.abs(vmean)
@@ -83,7 +105,7 @@ class SeasonalNovelty(OnlineDetector):
     def raw_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
         """Raw signals (two arrays of ``len(keys)``), without learning."""
         self._ensure(keys)
-        diff = values - self.prev_[keys]
+        diff = values - self.prev_[rows_of(keys)]
         vmean, vvar, dmean, dvar, seen = self._gather(self._cell(keys, ts))
         return self._raw(vmean, vvar, dmean, dvar, seen, values, diff)
 
@@ -102,18 +124,19 @@ class SeasonalNovelty(OnlineDetector):
         self._ensure(keys)
         cell = self._cell(keys, ts)
         vmean, vvar, dmean, dvar, seen = self._gather(cell)
-        count = self.count_[keys]
-        diff = np.where(count == 0, 0.0, values - self.prev_[keys])
-        raw = self._raw(vmean, vvar, dmean, dvar, seen, values, values - self.prev_[keys])
+        at = rows_of(keys)
+        count = self.count_[at]
+        change = values - self.prev_[at]
+        diff = np.where(count == 0, 0.0, change)
+        raw = self._raw(vmean, vvar, dmean, dvar, seen, values, change)
         a = 1.0 / np.minimum(seen + 1.0, 1.0 / self.alpha)
-        for mean_name, var_name, x, mean, var in (
-            ("vmean_", "vvar_", values, vmean, vvar),
-            ("dmean_", "dvar_", diff, dmean, dvar),
-        ):
+        learnt = np.empty((4, len(keys)))
+        for row, x, mean, var in ((0, values, vmean, vvar), (2, diff, dmean, dvar)):
             delta = x - mean
-            getattr(self, mean_name).reshape(-1)[cell] = mean + a * delta
-            getattr(self, var_name).reshape(-1)[cell] = (1.0 - a) * (var + a * delta * delta)
-        self.seen_.reshape(-1)[cell] = seen + 1
-        self.prev_[keys] = values
-        self.count_[keys] = count + 1
+            learnt[row] = mean + a * delta
+            learnt[row + 1] = (1.0 - a) * (var + a * delta * delta)
+        self._profile()[:, cell] = learnt
+        self.visits_.reshape(-1)[cell] = seen + 1
+        self.prev_[at] = values
+        self.count_[at] = count + 1
         return raw

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow_columns, row_blocks, rows_of
 
-# Per-series state columns.
+# Per-series state, one row per quantity (columnar: a fleet's column is contiguous).
 _N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE = range(12)
 _STATE = 12
 # Mean |diff| of white noise is 2/sqrt(pi) sigma; sigma of an EW mean of diffs ~ alpha sigma.
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
+_TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
 
 
 class Sustained(OnlineDetector):
@@ -87,89 +91,195 @@ class Sustained(OnlineDetector):
         self.reset_gaps = reset_gaps
         self.alpha_noise = alpha_noise
         self.freeze = freeze
-        self.state_ = np.zeros((0, _STATE))
+        self.columns_ = np.zeros((_STATE, 0))
 
     def _ensure(self, keys: np.ndarray) -> None:
-        self.state_ = grow(self.state_, int(keys.max()) + 1 if len(keys) else 0)
+        self.columns_ = grow_columns(self.columns_, int(keys.max()) + 1 if len(keys) else 0)
 
-    def _step(self, s: np.ndarray, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The score of each sample and the state after it (``s`` is not modified)."""
-        n = s[:, _N]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints from before the columnar layout kept one row per series.
+        if "state_" in state:
+            state["columns_"] = np.ascontiguousarray(state.pop("state_").T)
+        self.__dict__.update(state)
+
+    def _step(self, s: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The score of each sample; ``s`` (state columns of the samples' series) learns it.
+
+        Written with in-place operations on whole columns: ``s`` is a view of the state
+        when the keys are one ascending run, so nothing is gathered or scattered.
+        """
+        n = s[_N]
         first = n == 0
-        dt = np.where(first, 1.0, t - s[:, _T])
-        dt = np.where(dt > 0, dt, 1.0)
+        any_first = bool(first.any())
+        dt = t - s[_T]
+        if any_first:
+            dt[first] = 1.0
+        np.copyto(dt, 1.0, where=dt <= 0)  # a gap that is not positive counts as 1 s
         # Bias-corrected slow moments: unbiased from the first samples on.
-        a = self.alpha_ref
-        weight_prev = 1.0 - (1.0 - a) ** np.maximum(n - 1, 0)
-        weight = 1.0 - (1.0 - a) ** np.maximum(n, 1)
-        mu_prev = s[:, _MU] / np.maximum(weight_prev, 1e-12)
-        dev_prev = s[:, _DEV] / np.maximum(weight_prev, 1e-12)
-        abs_prev = s[:, _ABS] / np.maximum(weight_prev, 1e-12)
-        typical = s[:, _GAP] / np.maximum(weight_prev, 1e-12)
+        count = n.astype(np.intp)
+        weight_prev = _bias_weight(self.alpha_ref, count, lowest=0, shift=-1)
+        mu_prev = _unbias(s[_MU], weight_prev)
+        dev_prev = _unbias(s[_DEV], weight_prev)
+        abs_prev = _unbias(s[_ABS], weight_prev)
+        typical = _unbias(s[_GAP], weight_prev)
         # After a silence (an outage, a reboot) the series starts a new trend from scratch.
-        silent = (n > 2) & (dt > self.reset_gaps * typical)
+        settled = n > 2
+        silent = dt > typical * self.reset_gaps
+        silent &= settled
+        restart = first | silent
+        any_restart = bool(restart.any())
         # Winsorised rate: a step counts like one large move, a ramp keeps counting.
-        raw_rate = np.where(first | silent, 0.0, (x - s[:, _X]) / dt)
-        cap = self.rate_clip * np.where(n > 2, abs_prev, np.abs(raw_rate))
-        rate = np.clip(raw_rate, -cap, cap)
-        g = np.where(silent, 0.0, s[:, _G] + self.alpha * (rate - s[:, _G]))
+        rate = x - s[_X]
+        rate /= dt
+        if any_restart:
+            rate[restart] = 0.0
+        cap = np.abs(rate)
+        np.copyto(cap, abs_prev, where=settled)
+        cap *= self.rate_clip
+        np.clip(rate, -cap, cap, out=rate)
+        g = rate - s[_G]
+        g *= self.alpha
+        g += s[_G]
+        if any_restart:
+            g[silent] = 0.0
         # The noise may grow with the level (latency under load): the floor follows the
         # larger of the long-run and the recent size of moves.
-        noise_prev = np.maximum(abs_prev, s[:, _NOISE])
-        floor = self.alpha * _DIFF_TO_SLOPE_SIGMA * noise_prev
-        scale = np.maximum(1.2533 * dev_prev, floor) + 1e-12
-        z = np.clip((g - mu_prev) / scale, -self.clip, self.clip)
-        ready = n >= self.warmup
-        ready = ready & ~silent
-        up = np.where(ready, np.maximum(s[:, _UP] + z - self.k, 0.0), 0.0)
-        down = np.where(ready, np.maximum(s[:, _DOWN] - z - self.k, 0.0), 0.0)
-        has_gap = n >= 2
-        missed = np.where(has_gap, np.clip(dt / np.maximum(typical, 1e-9) - 1.0, 0, None), 0.0)
-        miss = np.where(
-            n > self.warmup,
-            np.maximum(
-                np.where(silent, 0.0, s[:, _MISS]) + np.minimum(missed, self.gap_clip) - self.gap_k,
-                0.0,
-            ),
-            0.0,
-        )
-        gap_in = np.where(has_gap, np.minimum(dt, 2 * np.where(n > 2, typical, dt)), 0.0)
-        out = s.copy()
-        out[:, _N] = n + 1
-        out[:, _T] = t
-        out[:, _X] = x
-        out[:, _G] = g
+        scale = np.maximum(abs_prev, s[_NOISE])
+        scale *= self.alpha * _DIFF_TO_SLOPE_SIGMA
+        np.maximum(dev_prev * 1.2533, scale, out=scale)
+        scale += 1e-12
+        z = g - mu_prev
+        z /= scale
+        np.clip(z, -self.clip, self.clip, out=z)
+        idle = n < self.warmup
+        idle |= silent
+        up = s[_UP] + z
+        up -= self.k
+        np.maximum(up, 0.0, out=up)
+        down = s[_DOWN] - z
+        down -= self.k
+        np.maximum(down, 0.0, out=down)
+        np.copyto(up, 0.0, where=idle)
+        np.copyto(down, 0.0, where=idle)
+        no_gap = n < 2
+        missed = np.maximum(typical, 1e-9)
+        np.divide(dt, missed, out=missed)
+        missed -= 1.0
+        np.clip(missed, 0, None, out=missed)
+        np.copyto(missed, 0.0, where=no_gap)
+        np.minimum(missed, self.gap_clip, out=missed)
+        miss = s[_MISS].copy()
+        if any_restart:
+            miss[silent] = 0.0
+        miss += missed
+        miss -= self.gap_k
+        np.maximum(miss, 0.0, out=miss)
+        np.copyto(miss, 0.0, where=n <= self.warmup)
+        gap_in = typical * 2
+        np.copyto(gap_in, dt * 2, where=~settled)
+        np.minimum(dt, gap_in, out=gap_in)
+        np.copyto(gap_in, 0.0, where=no_gap)
+        # Every read of the previous state is done: from here on the columns learn.
+        s[_T] = t
+        s[_X] = x
+        s[_G] = g
         # While evidence builds up the reference barely learns: a trend that keeps going
         # must not become the series' normal before it has been reported.
-        a_ref = np.where(np.maximum(up, down) > self.freeze * self.h, 0.1 * a, a)
-        raw_mu = np.where(first, 0.0, s[:, _MU] + a_ref * (g - s[:, _MU]))
-        out[:, _MU] = raw_mu
-        mu_now = raw_mu / np.maximum(weight, 1e-12)
-        out[:, _DEV] = np.where(first, 0.0, s[:, _DEV] + a_ref * (np.abs(g - mu_now) - s[:, _DEV]))
-        out[:, _ABS] = np.where(
-            first | silent, s[:, _ABS], s[:, _ABS] + a * (np.abs(rate) - s[:, _ABS])
-        )
-        out[:, _NOISE] = np.where(
-            first | silent,
-            s[:, _NOISE],
-            s[:, _NOISE] + self.alpha_noise * (np.abs(rate) - s[:, _NOISE]),
-        )
+        a = self.alpha_ref
+        peak = np.maximum(up, down)
+        a_ref = np.where(peak > self.freeze * self.h, 0.1 * a, a)
+        raw_mu = g - s[_MU]
+        raw_mu *= a_ref
+        raw_mu += s[_MU]
+        if any_first:
+            raw_mu[first] = 0.0
+        s[_MU] = raw_mu
+        weight = _bias_weight(a, count, lowest=1, shift=0)
+        dev = g - _unbias(raw_mu, weight)
+        np.abs(dev, out=dev)
+        dev -= s[_DEV]
+        dev *= a_ref
+        dev += s[_DEV]
+        if any_first:
+            dev[first] = 0.0
+        s[_DEV] = dev
+        moves = np.abs(rate)
+        _ew_update(s[_ABS], moves, a, keep=restart if any_restart else None)
+        _ew_update(s[_NOISE], moves, self.alpha_noise, keep=restart if any_restart else None)
         # The gap moments start at the second sample; count them from there.
-        out[:, _GAP] = np.where(has_gap, s[:, _GAP] + a * (gap_in - s[:, _GAP]), s[:, _GAP])
-        out[:, _UP] = up
-        out[:, _DOWN] = down
-        out[:, _MISS] = miss
-        score = np.maximum(np.maximum(up, down) / self.h, miss / self.gap_h)
-        return np.clip(score, 0.0, 1.0), out
+        _ew_update(s[_GAP], gap_in, a, keep=no_gap)
+        s[_UP] = up
+        s[_DOWN] = down
+        s[_MISS] = miss
+        n += 1
+        score = np.divide(peak, self.h, out=peak)
+        np.maximum(score, miss / self.gap_h, out=score)
+        return np.clip(score, 0.0, 1.0, out=score)
+
+    def _steps(self, s: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """``_step`` block by block: a block's temporaries stay in cache."""
+        score = np.empty(len(x))
+        for part, _ in row_blocks(slice(0, len(x)), len(x)):
+            score[part] = self._step(s[:, part], x[part], t[part])
+        return score
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
-        return self._step(self.state_[keys], values, ts)[0]
+        return self._steps(self.columns_[:, keys], values, ts)
 
     def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
         self.score_learn_many(keys, values, ts)
 
     def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
-        score, self.state_[keys] = self._step(self.state_[keys], values, ts)
+        at = rows_of(keys)
+        if isinstance(at, slice):
+            return self._steps(self.columns_[:, at], values, ts)  # a view: learns in place
+        s = self.columns_[:, keys]
+        score = self._steps(s, values, ts)
+        self.columns_[:, keys] = s
         return score
+
+
+def _ew_update(
+    column: np.ndarray, x: np.ndarray, alpha: float, keep: np.ndarray | None = None
+) -> None:
+    """``column += alpha * (x - column)`` in place, except where ``keep`` is True."""
+    step = x - column
+    step *= alpha
+    step += column
+    np.copyto(column, step, where=True if keep is None else ~keep)
+
+
+@functools.lru_cache(maxsize=16)
+def _bias_table(a: float) -> np.ndarray | None:
+    """``max(1 - (1 - a) ** k, 1e-12)`` for ``k = 0, 1, ...`` until it is exactly 1.
+
+    A lookup is many times cheaper than ``**`` per sample and gives the same bits (the
+    same ufunc on the same numbers). None when the table would be too long (tiny ``a``).
+    """
+    if not 0.0 < a < 1.0:
+        return None
+    # (1 - a) ** k <= 2 ** -54 makes 1 - (1 - a) ** k round to exactly 1.
+    length = int(np.ceil(-54 * np.log(2) / np.log1p(-a))) + 2
+    if length > _TABLE_MAX:
+        return None
+    table = np.maximum(1.0 - (1.0 - a) ** np.arange(length, dtype=np.float64), 1e-12)
+    return table if table[-1] == 1.0 else None
+
+
+def _bias_weight(a: float, count: np.ndarray, *, lowest: int, shift: int) -> np.ndarray | None:
+    """``max(1 - (1 - a) ** max(count + shift, lowest), 1e-12)``; None where all are 1."""
+    table = _bias_table(a)
+    if table is None:
+        exponent = np.maximum(count + shift, lowest).astype(np.float64)
+        return np.maximum(1.0 - (1.0 - a) ** exponent, 1e-12)  # type: ignore[no-any-return]
+    if not len(count) or int(count.min()) + shift >= len(table) - 1:  # all long-lived
+        return None
+    index = count + shift
+    np.clip(index, lowest, len(table) - 1, out=index)
+    return table[index]  # type: ignore[no-any-return]
+
+
+def _unbias(column: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    return column if weight is None else column / weight

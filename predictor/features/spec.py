@@ -25,10 +25,12 @@ the features (event time: a late sample cannot rewrite the past).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from predictor.detectors.base import grow, rows_of
+from predictor.detectors.base import grow, grow_columns, row_blocks, rows_of
 
 ALPHA_FAST = 0.3
 ALPHA_SLOW = 0.05
@@ -53,13 +55,20 @@ class OnlineFeatures:
 
     def __init__(self) -> None:
         self.count_ = np.zeros(0, dtype=np.int64)
-        # last_x, last_t, m_fast, v_fast, m_slow, v_slow, slope, mad, m_long, v_long
-        self.state_ = np.zeros((0, 10))
+        # One row per quantity (a fleet's column is contiguous): last_x, last_t, m_fast,
+        # v_fast, m_slow, v_slow, slope, mad, m_long, v_long.
+        self.columns_ = np.zeros((10, 0))
         self.values_ = np.full((0, len(FEATURES)), np.nan)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints from before the columnar layout kept one row per series.
+        if "state_" in state:
+            state["columns_"] = np.ascontiguousarray(state.pop("state_").T)
+        self.__dict__.update(state)
 
     def ensure(self, size: int) -> None:
         self.count_ = grow(self.count_, size)
-        self.state_ = grow(self.state_, size)
+        self.columns_ = grow_columns(self.columns_, size)
         self.values_ = grow(self.values_, size, np.nan)
 
     def update(self, keys: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -68,45 +77,49 @@ class OnlineFeatures:
             return np.zeros(0, dtype=bool)
         self.ensure(int(keys.max()) + 1)
         at = rows_of(keys)
-        count, s = self.count_[at], self.state_[at]
-        first = count == 0
-        in_order = first | (t > s[:, 1])
+        in_order = (self.count_[at] == 0) | (t > self.columns_[1, at])
         if not in_order.all():
-            keys, x, t, count, s, first = (
-                keys[in_order], x[in_order], t[in_order], count[in_order], s[in_order],
-                first[in_order],
-            )  # fmt: skip
+            keys, x, t = keys[in_order], x[in_order], t[in_order]
             at = rows_of(keys)
+        for part, rows in row_blocks(at, len(keys)):
+            self._fold(rows, x[part], t[part])
+        return in_order
+
+    def _fold(self, at: slice | np.ndarray, x: np.ndarray, t: np.ndarray) -> None:
+        """Fold in samples that are in order (a block small enough to stay in cache)."""
+        # With a slice ``at`` these are views of the state: all reads come before writes.
+        count, s = self.count_[at], self.columns_[:, at]
+        first = count == 0
         if first.any():
             # A new series starts from its own sample (gap, rate, spread and slope 0):
             # from this state the updates below give exactly that.
             s = s.copy()
-            s[first] = 0.0
-            for column in (0, 2, 4, 8):
-                s[first, column] = x[first]
-            s[first, 1] = t[first]
-        last_x, last_t = s[:, 0], s[:, 1]
+            s[:, first] = 0.0
+            for row in (0, 2, 4, 8):
+                s[row, first] = x[first]
+            s[1, first] = t[first]
+        last_x, last_t = s[0], s[1]
         gap = t - last_t
         rate = (x - last_x) / np.where(gap > 0, gap, 1.0)
-        m_fast, v_fast = _ewm_step(s[:, 2], s[:, 3], x, ALPHA_FAST)
-        baseline_prev, mad_prev = s[:, 4], s[:, 7]
-        m_slow, v_slow = _ewm_step(baseline_prev, s[:, 5], x, ALPHA_SLOW)
-        slope = s[:, 6] + ALPHA_SLOW * (rate - s[:, 6])
+        m_fast, v_fast = _ewm_step(s[2], s[3], x, ALPHA_FAST)
+        baseline_prev, mad_prev = s[4], s[7]
+        m_slow, v_slow = _ewm_step(baseline_prev, s[5], x, ALPHA_SLOW)
+        slope = s[6] + ALPHA_SLOW * (rate - s[6])
         deviation = np.abs(x - baseline_prev)
         mad = mad_prev + ALPHA_SLOW * (deviation - mad_prev)
-        m_long, v_long = _ewm_step(s[:, 8], s[:, 9], x, ALPHA_LONG)
+        m_long, v_long = _ewm_step(s[8], s[9], x, ALPHA_LONG)
         drift = _drift(m_fast, m_long, v_long)
         z = np.where(count >= WARMUP, (x - baseline_prev) / _scale(mad_prev, baseline_prev), 0.0)
-        _put_columns(self.state_, at, x, t, m_fast, v_fast, m_slow, v_slow, slope, mad,
-                     m_long, v_long)  # fmt: skip
+        for row, new in enumerate((x, t, m_fast, v_fast, m_slow, v_slow, slope, mad, m_long,
+                                   v_long)):  # fmt: skip
+            self.columns_[row, at] = new
         self.count_[at] = count + 1
         _put_columns(self.values_, at, x, m_fast, m_slow, np.sqrt(v_fast), np.sqrt(v_slow),
                      rate, slope, np.clip(z, -Z_CLIP, Z_CLIP), gap, m_long, np.sqrt(v_long),
                      drift)  # fmt: skip
-        return in_order
 
     def last_ts(self, keys: np.ndarray) -> np.ndarray:
-        return np.where(self.count_[keys] > 0, self.state_[keys, 1], np.nan)
+        return np.where(self.count_[keys] > 0, self.columns_[1, keys], np.nan)
 
 
 def _put_columns(table: np.ndarray, at: slice | np.ndarray, *columns: np.ndarray) -> None:

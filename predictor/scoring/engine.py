@@ -107,23 +107,23 @@ class ScoringEngine:
         node_id_of = _ids(st.node_ids, node_uniques.tolist())
         metric_id_of = _ids(st.metric_ids, metric_uniques.tolist())
         packed = (node_id_of[node_codes] << 32) | metric_id_of[metric_codes]
-        pair_codes, pair_uniques = pd.factorize(packed)
-        pair_uniques = np.asarray(pair_uniques, dtype=np.int64)
-        pos = np.minimum(
-            np.searchsorted(st.packed_sorted, pair_uniques), max(len(st.packed_sorted) - 1, 0)
-        )
-        found = (
-            st.packed_sorted[pos] == pair_uniques
-            if len(st.packed_sorted)
-            else np.zeros(len(pair_uniques), dtype=bool)
-        )
-        unique_keys = np.empty(len(pair_uniques), dtype=np.int64)
-        unique_keys[found] = st.packed_key[pos[found]]
-        new = pair_uniques[~found]
-        if len(new):
+        # Known series by one search per row; only the rows of new ones are factorized
+        # (in order of first appearance, which numbers them).
+        keys = np.empty(len(packed), dtype=np.int64)
+        if len(st.packed_sorted):
+            pos = np.searchsorted(st.packed_sorted, packed)
+            np.minimum(pos, len(st.packed_sorted) - 1, out=pos)
+            found = st.packed_sorted[pos] == packed
+            keys[found] = st.packed_key[pos[found]]
+            missing = np.flatnonzero(~found)
+        else:
+            missing = np.arange(len(packed))
+        if len(missing):
+            new_codes, new = pd.factorize(packed[missing])
+            new = np.asarray(new, dtype=np.int64)
             start = len(st.series_ids)
             new_keys = np.arange(start, start + len(new))
-            unique_keys[~found] = new_keys
+            keys[missing] = new_keys[new_codes]
             node_names, metric_names = list(st.node_ids), list(st.metric_ids)
             new_node, new_metric = new >> 32, new & 0xFFFFFFFF
             for key, n_id, m_id in zip(
@@ -143,7 +143,6 @@ class ScoringEngine:
         st.features.ensure(n_series)
         for name in ("node_ts", "node_risk", "node_risk_mean"):
             setattr(st, name, grow(getattr(st, name), n_nodes))
-        keys = unique_keys[pair_codes]
         return keys, st.series_node[keys]
 
     # -- processing ------------------------------------------------------------------
@@ -287,7 +286,7 @@ class ScoringEngine:
         slots = np.array([self._slots.get(st.series_metric[s], -1) for s in series], dtype=np.int64)
         return assemble(
             values=st.features.values_[series],
-            last_ts=st.features.state_[series, 1],
+            last_ts=st.features.columns_[1, series],
             series_node=local,
             series_slot=slots,
             node_ts=st.node_ts[node_ids],
