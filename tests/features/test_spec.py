@@ -26,7 +26,9 @@ sample_rows = st.lists(
     st.tuples(
         st.sampled_from(["a", "b"]),
         st.sampled_from(["cpu", "mem"]),
-        st.floats(0, 10_000, allow_nan=False),
+        # Millisecond timestamps (Prometheus' resolution): a gap of 1e-308 s
+        # overflows a slope to inf, which neither path has to agree on.
+        st.floats(0, 10_000, allow_nan=False).map(lambda t: round(t, 3)),
         st.floats(-1e6, 1e6, allow_nan=False),
     ),
     min_size=1,
