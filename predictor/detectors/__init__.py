@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from predictor.detectors.base import OnlineDetector
+from predictor.detectors.breakout import Breakout
 from predictor.detectors.context_novelty import ContextNovelty
 from predictor.detectors.ensemble import Ensemble
 from predictor.detectors.ew_novelty import EwNovelty
@@ -28,6 +29,7 @@ REGISTRY: dict[str, Callable[[], OnlineDetector]] = {
     "seasonal_novelty": SeasonalNovelty,
     "range_break": RangeBreak,
     "sustained": Sustained,
+    "breakout": Breakout,
 }
 
 
@@ -40,6 +42,7 @@ def make_detector(name: str) -> OnlineDetector:
 
 __all__ = [
     "REGISTRY",
+    "Breakout",
     "ContextNovelty",
     "Ensemble",
     "EwNovelty",

@@ -1,0 +1,109 @@
+"""Breakout: sustained trend evidence that counts for more once the level leaves its range."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.sustained import _DOWN, _UP, Sustained
+
+# Per-series state columns of the envelope.
+_N, _LO, _HI = range(3)
+_STATE = 3
+
+
+class Breakout(OnlineDetector):
+    """:class:`Sustained` evidence, with a lower threshold while the level breaks its range.
+
+    The trend CUSUM must be high on its own (``h``) because healthy series repeat ramps
+    of their own: a sawtooth of garbage collection or log rotation climbs for hours. Such
+    a ramp stays inside the range the series has already shown, while a precursor (a
+    leak, a filling disk, a heating core) drives the level past everything seen before.
+    So per series this keeps a slowly shrinking envelope ``[lo, hi]`` of past levels and,
+    while the value lies beyond it by more than ``margin`` of its width, the trend
+    evidence is read against ``fraction * h``: the same evidence, reported earlier.
+
+    A step (a batch job, a deploy) breaks the range too, but adds little trend evidence
+    (the trend CUSUM winsorises rates), so the lower threshold still needs a ramp. The
+    envelope stops learning while the trend evidence builds up, so a ramp cannot drag the
+    range along and hide its own breakout. Only the series' own history is used.
+
+    Parameters
+    ----------
+    fraction
+        Share of the trend threshold that suffices during a breakout.
+    margin
+        How far beyond the envelope, as a share of its width, counts as a breakout.
+    shrink
+        Per sample, the envelope's ends move this share of its width towards each other
+        (old extremes fade over about ``1 / shrink`` samples).
+    warmup
+        Samples before a series' envelope may declare a breakout.
+    hold
+        Above this share of the trend threshold the envelope stops learning: a ramp
+        must not widen the range it is about to break before it is noticed.
+    sustained
+        Parameters of the inner :class:`Sustained` (its score is the floor of this one).
+    """
+
+    def __init__(
+        self,
+        fraction: float = 0.4,
+        margin: float = 0.5,
+        shrink: float = 1e-3,
+        warmup: int = 60,
+        hold: float = 0.05,
+        sustained: dict[str, Any] | None = None,
+    ):
+        self.fraction = fraction
+        self.margin = margin
+        self.shrink = shrink
+        self.warmup = warmup
+        self.hold = hold
+        self.sustained = sustained
+        self.inner_ = Sustained(**(sustained or {}))
+        self.state_ = np.zeros((0, _STATE))
+
+    def _ensure(self, keys: np.ndarray) -> None:
+        self.state_ = grow(self.state_, int(keys.max()) + 1 if len(keys) else 0)
+        self.inner_._ensure(keys)
+
+    def _step(
+        self, keys: np.ndarray, x: np.ndarray, t: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores, the inner state and the envelope state after the samples (unwritten)."""
+        inner = self.inner_
+        base, inner_after = inner._step(inner.state_[keys], x, t)
+        s = self.state_[keys]
+        n, lo, hi = s[:, _N], s[:, _LO], s[:, _HI]
+        first = n == 0
+        width = hi - lo
+        beyond = np.maximum(x - hi, lo - x)
+        breaking = (n >= self.warmup) & (beyond > self.margin * width) & (width > 0)
+        trend = np.maximum(inner_after[:, _UP], inner_after[:, _DOWN])
+        early = np.where(breaking, trend / (self.fraction * inner.h), 0.0)
+        score = np.clip(np.maximum(base, early), 0.0, 1.0)
+        # The envelope learns only while no trend builds up.
+        learn = first | (trend <= self.hold * inner.h)
+        step = self.shrink * width
+        new_hi = np.where(first, x, np.maximum(x, hi - step))
+        new_lo = np.where(first, x, np.minimum(x, lo + step))
+        out = s.copy()
+        out[:, _N] = n + 1
+        out[:, _HI] = np.where(learn, new_hi, hi)
+        out[:, _LO] = np.where(learn, new_lo, lo)
+        return score, inner_after, out
+
+    def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        self._ensure(keys)
+        return self._step(keys, values, ts)[0]
+
+    def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+        self.score_learn_many(keys, values, ts)
+
+    def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        self._ensure(keys)
+        score, self.inner_.state_[keys], self.state_[keys] = self._step(keys, values, ts)
+        return score

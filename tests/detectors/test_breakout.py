@@ -1,0 +1,50 @@
+"""Breakout: a ramp past the series' range is reported earlier; its own sawtooth is not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from predictor.detectors import Breakout, Sustained
+from tests.detectors.test_sustained import baseline, feed
+
+
+def first_alarm(scores: np.ndarray, level: float = 0.8) -> int:
+    above = np.flatnonzero(scores >= level)
+    return int(above[0]) if len(above) else len(scores)
+
+
+def test_a_ramp_past_the_range_is_reported_earlier_than_by_the_trend_alone() -> None:
+    values = baseline(500)
+    values[300:] += np.linspace(0, 1.0, 200)
+    plain = feed(Sustained(), values)
+    early = feed(Breakout(), values)
+    assert np.all(early >= plain)  # the trend score is the floor
+    assert first_alarm(early) < first_alarm(plain) <= len(values) - 1
+    assert first_alarm(early) > 300  # and nothing before the ramp
+
+
+def test_a_sawtooth_inside_its_own_range_gets_no_earlier_alarm() -> None:
+    n, period = 2400, 300
+    values = baseline(n) + 0.2 * (np.arange(n) % period) / period
+    plain = feed(Sustained(), values)
+    early = feed(Breakout(), values)
+    # Once the series has shown a full cycle, its climbs stay inside the envelope.
+    np.testing.assert_array_equal(early[2 * period :], plain[2 * period :])
+    assert early[2 * period :].max() < 0.8
+
+
+def test_a_step_out_of_the_range_is_not_a_trend() -> None:
+    values = baseline(600)
+    values[300:400] += 0.5  # a batch job pins the level, then ends
+    assert feed(Breakout(), values).max() < 0.8
+
+
+def test_scoring_before_learning_matches_score_learn() -> None:
+    values = baseline(300)
+    values[200:] += np.linspace(0, 0.3, 100)
+    a, b = Breakout(), Breakout()
+    keys = np.array([0])
+    for i, v in enumerate(values):
+        x, t = np.array([v]), np.array([60.0 * i])
+        assert a.score_many(keys, x, t)[0] == b.score_learn_many(keys, x, t)[0]
+        a.learn_many(keys, x, t)
