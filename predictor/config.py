@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     online_detectors: list[str] = ["ewma_z"]
     # Detectors whose score is accumulated evidence (a sustained trend, growing gaps): they
     # enter risk at full weight, see predictor.scoring.engine.
-    evidence_detectors: list[str] = ["sustained"]
+    evidence_detectors: list[str] = ["breakout"]
     eval_step_s: float = 10.0  # event-time bucket in which a node is evaluated once
     scoring_chunk_rows: int = 200_000
     checkpoint_every_s: float = 30.0  # wall-clock: how often the online state is saved
