@@ -79,28 +79,30 @@ class Breakout(OnlineDetector):
     def _step(
         self, keys: np.ndarray, x: np.ndarray, t: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scores, the inner state and the envelope state after the samples (unwritten)."""
+        """Scores, the inner state columns and the envelope rows after the samples.
+
+        Works on gathered copies: nothing learnt is written here.
+        """
         inner = self.inner_
-        base, inner_after = inner._step(inner.state_[keys], x, t)
+        columns = inner.columns_[:, keys]  # a copy, which the inner steps learn in
+        base = inner._steps(columns, x, t)
         s = self.state_[keys]
         n, lo, hi = s[:, _N], s[:, _LO], s[:, _HI]
         first = n == 0
         width = hi - lo
         beyond = np.maximum(x - hi, lo - x)
         breaking = (n >= self.warmup) & (beyond > self.margin * width) & (width > 0)
-        trend = np.maximum(inner_after[:, _UP], inner_after[:, _DOWN])
+        trend = np.maximum(columns[_UP], columns[_DOWN])
         early = np.where(breaking, trend / (self.fraction * inner.h), 0.0)
         score = np.clip(np.maximum(base, early), 0.0, 1.0)
         # The envelope learns only while no trend builds up.
         learn = first | (trend <= self.hold * inner.h)
         step = self.shrink * width
-        new_hi = np.where(first, x, np.maximum(x, hi - step))
-        new_lo = np.where(first, x, np.minimum(x, lo + step))
         out = s.copy()
         out[:, _N] = n + 1
-        out[:, _HI] = np.where(learn, new_hi, hi)
-        out[:, _LO] = np.where(learn, new_lo, lo)
-        return score, inner_after, out
+        out[:, _HI] = np.where(learn, np.where(first, x, np.maximum(x, hi - step)), hi)
+        out[:, _LO] = np.where(learn, np.where(first, x, np.minimum(x, lo + step)), lo)
+        return score, columns, out
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
@@ -111,5 +113,5 @@ class Breakout(OnlineDetector):
 
     def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
-        score, self.inner_.state_[keys], self.state_[keys] = self._step(keys, values, ts)
+        score, self.inner_.columns_[:, keys], self.state_[keys] = self._step(keys, values, ts)
         return score
