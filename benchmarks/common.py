@@ -120,6 +120,16 @@ class Server:
     base_url: str
     process: subprocess.Popen[bytes]
     workdir: Path
+    scorer: subprocess.Popen[bytes] | None = None  # the `--role scorer` process, if split
+
+    def peak_rss_mib(self) -> float:
+        """Peak resident memory of the server's processes (VmHWM), summed."""
+        total_kib = 0
+        for child in (self.process, self.scorer):
+            if child is not None:
+                status = Path(f"/proc/{child.pid}/status").read_text()
+                total_kib += int(status.split("VmHWM:")[1].split()[0])
+        return total_kib / 1024
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=120.0, headers=HEADERS)
@@ -169,7 +179,7 @@ def running_server(workdir: Path, *, split: bool = False, **settings: str) -> It
         scorer_command = [sys.executable, "-m", "predictor.cli", "serve", "--role", "scorer"]
         scorer = subprocess.Popen(scorer_command, env=env, cwd=workdir)
     process = subprocess.Popen(command, env=env, cwd=workdir)
-    server = Server(f"http://127.0.0.1:{port}", process, workdir)
+    server = Server(f"http://127.0.0.1:{port}", process, workdir, scorer)
     try:
         _wait_ready(server)
         yield server

@@ -37,7 +37,7 @@ FULL: Profile = {
     "memory": {"sizes": ((1_000, 20), (10_000, 20), (100_000, 5))},
     "queries": {"n_nodes": 10_000, "n_metrics": 20, "n_steps": 3, "requests": 300},
     "training": {"sizes": (250_000, 1_000_000)},
-    "end_to_end": {"ladder": (2_000, 5_000, 10_000, 20_000), "big": 100_000, "big_intervals": 1},
+    "end_to_end": {"ladder": (2_000, 5_000, 10_000, 20_000), "big": 100_000, "big_intervals": 3},
     "scale_out": {"n_nodes": 5_000, "n_metrics": 20, "steps": 4},
 }
 QUICK: Profile = {
@@ -175,7 +175,9 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append(
                 (f"end to end {run_['nodes']:,}x{e2e['metrics']} every {run_['interval_s']:g}s",
                  f"{'kept up' if run_['sustained'] else 'fell behind'}; lag s [{lags}]; "
-                 f"last scored {'never' if final is None else f'{final:.1f}'} s after due",
+                 f"last scored {'never' if final is None else f'{final:.1f}'} s after due; "
+                 f"stored {run_['samples_stored']:,}/{run_['samples_sent']:,}; "
+                 f"peak RSS {run_['peak_rss_mib']:,.0f} MiB",
                  ratio, "lag < interval")
             )  # fmt: skip
         rows.append(

@@ -77,6 +77,8 @@ def test_quick_run_reports_every_benchmark(tmp_path: Path, capsys: pytest.Captur
     runs = report["end_to_end"]["runs"]
     assert [r["nodes"] for r in runs] == [10]
     assert len(runs[0]["lag_s"]) == 2
+    assert runs[0]["samples_stored"] == runs[0]["samples_sent"] == 10 * 3 * 2  # none dropped
+    assert positive(runs[0]["peak_rss_mib"])
 
     print_table(report)
     printed = capsys.readouterr().out
