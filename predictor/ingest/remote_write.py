@@ -125,7 +125,8 @@ def parse_remote_write(
         raise IngestError(
             [{"error": f"body is not a remote_write WriteRequest: {exc}"}], 400
         ) from None
-    total = sum(len(series.samples) for series in request.timeseries)
+    timeseries = request.timeseries
+    total = sum(map(len, (series.samples for series in timeseries)))
     if total > limits.max_samples:
         raise IngestError(
             [{"error": f"too many samples: at most {limits.max_samples} per request"}], status=413
@@ -136,21 +137,39 @@ def parse_remote_write(
     metrics: list[str] = []
     stamps_ms: list[int] = []
     values: list[float] = []
-    for series in request.timeseries:
-        labels = {label.name: label.value for label in series.labels}
-        node, metric = labels.get(node_label), labels.get("__name__")
+    valid: dict[str, bool] = {}  # names checked once per request, not once per series
+    for series in timeseries:
+        node = metric = None
+        for label in series.labels:
+            name = label.name
+            if name == "__name__":
+                metric = label.value
+            elif name == node_label:
+                node = label.value
         if not metric:
+            labels = {label.name: label.value for label in series.labels}
             raise IngestError([{"error": f"a series has no __name__ label: {labels}"}], 400)
-        n = len(series.samples)
+        samples = series.samples
+        n = len(samples)
         if not node:
             skipped["no_node"] += n
             continue
-        if not (NAME_PATTERN.match(node) and NAME_PATTERN.match(metric)):
+        for name in (node, metric):
+            if name not in valid:
+                valid[name] = NAME_PATTERN.match(name) is not None
+        if not (valid[node] and valid[metric]):
             skipped["bad_name"] += n
+            continue
+        if n == 1:  # what Prometheus sends: one sample per series per request
+            sample = samples[0]
+            nodes.append(node)
+            metrics.append(metric)
+            stamps_ms.append(sample.timestamp)
+            values.append(sample.value)
             continue
         nodes.extend([node] * n)
         metrics.extend([metric] * n)
-        for sample in series.samples:
+        for sample in samples:
             stamps_ms.append(sample.timestamp)
             values.append(sample.value)
 
