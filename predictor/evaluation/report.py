@@ -288,7 +288,8 @@ def write_report(
         f"- Simulated fleets: training seeds {run_info['training_seeds']}, evaluation seeds "
         f"{run_info['evaluation_seeds']} (kept for this report; never used for development).",
         "- `predictor`: batch model trained on the training fleet with the same metric naming "
-        f"+ online detectors {settings.online_detectors}; policy enter threshold "
+        f"+ online detectors {settings.online_detectors} + evidence detectors "
+        f"{settings.evidence_detectors}; policy enter threshold "
         f"{settings.enter_threshold}, minimum duration {settings.min_duration_s:.0f} s, "
         f"cooldown {settings.cooldown_s:.0f} s, budget {settings.budget_max_nodes} nodes / "
         f"{settings.budget_max_fraction:.0%} of a pool.",
