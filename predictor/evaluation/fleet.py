@@ -98,6 +98,11 @@ def score_drains(
 
     A drain counts for a failure when it falls in ``[failure - match_window_s, failure]``;
     a drain with no failure of its node in the ``match_window_s`` after it is false.
+
+    When the events say when each failure's precursor began (``precursor_start_ts``, NaN
+    for a failure without one), also: recall over the failures with a precursor, and lead
+    times counting only drains made once the precursor had begun (a drain before that
+    foresaw nothing: with many false drains, one lands in the window by chance).
     """
     failures = failure_leads(drains=drains, events=events, match_window_s=match_window_s)
     per_mode: dict[str, dict[str, Any]] = {}
@@ -118,6 +123,8 @@ def score_drains(
         }
     caught = failures["lead_s"].dropna()
     leads = caught.to_numpy()
+    with_precursor = failures[failures["onset_ts"].notna()]
+    onset_leads = with_precursor["onset_lead_s"].dropna().to_numpy()
     return {
         "failures": int(len(failures)),
         "caught": int(len(caught)),
@@ -128,6 +135,12 @@ def score_drains(
         "node_days": float(span_days),
         "false_drains_per_1000_node_days": float(1000 * false / max(span_days, 1e-9)),
         "per_mode": per_mode,
+        "precursor_failures": int(len(with_precursor)),
+        "precursor_caught": int(with_precursor["lead_s"].notna().sum()),
+        "precursor_caught_after_onset": int(len(onset_leads)),
+        "median_lead_after_onset_min": float(np.median(onset_leads) / 60)
+        if len(onset_leads)
+        else None,
     }
 
 
@@ -137,16 +150,29 @@ def failure_leads(
     """Each failure with the lead time of its earliest matching drain (NaN if none).
 
     The same matching as :func:`score_drains`: a drain in ``[failure - match_window_s,
-    failure]`` on the failure's node. Columns: ``node, ts, mode, lead_s``.
+    failure]`` on the failure's node. Columns: ``node, ts, mode, lead_s``, and
+    ``onset_ts`` (the precursor's start, NaN if none or not known) with ``onset_lead_s``
+    (the same, counting only drains at or after ``onset_ts``).
     """
     failures = events[events["kind"] == "failure"]
     mode = failures["mode"] if "mode" in failures else pd.Series("all", index=failures.index)
+    onset = (
+        failures["precursor_start_ts"].astype(float)
+        if "precursor_start_ts" in failures
+        else pd.Series(np.nan, index=failures.index)
+    )
     out = pd.DataFrame(
-        {"node": failures["node"], "ts": failures["ts"], "mode": mode, "lead_s": np.nan}
-    ).reset_index(drop=True)
-    for i, (node, ts) in enumerate(zip(out["node"], out["ts"], strict=True)):
+        {"node": failures["node"], "ts": failures["ts"], "mode": mode, "lead_s": np.nan,
+         "onset_ts": onset, "onset_lead_s": np.nan}
+    ).reset_index(drop=True)  # fmt: skip
+    for i, (node, ts, start) in enumerate(
+        zip(out["node"], out["ts"], out["onset_ts"], strict=True)
+    ):
         mine = drains["ts"][(drains["node"] == node) & (drains["ts"] <= ts)]
         mine = mine[mine >= ts - match_window_s]
         if len(mine):
             out.loc[i, "lead_s"] = ts - mine.min()
+        after_onset = mine[mine >= start]  # empty when start is NaN
+        if len(after_onset):
+            out.loc[i, "onset_lead_s"] = ts - after_onset.min()
     return out

@@ -1,0 +1,45 @@
+"""Drain scoring: recall, lead times, false drains, and leads counted from a precursor's onset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from predictor.evaluation.fleet import failure_leads, score_drains
+
+
+def test_leads_from_the_onset_ignore_drains_made_before_the_precursor() -> None:
+    events = pd.DataFrame(
+        {
+            "node": ["a", "b", "c"],
+            "ts": [10_000.0, 20_000.0, 30_000.0],
+            "kind": ["failure"] * 3,
+            "mode": ["memory_leak", "sudden_crash", "disk_fill"],
+            "precursor_start_ts": [8_000.0, np.nan, 29_000.0],
+        }
+    )
+    drains = pd.DataFrame(
+        {"node": ["a", "a", "b", "c", "z"], "ts": [5_000.0, 9_000.0, 19_000.0, 28_000.0, 1.0]}
+    )
+    samples = pd.DataFrame({"node": ["a", "a"], "ts": [0.0, 86_400.0]})
+    leads = failure_leads(drains=drains, events=events)
+    assert leads["lead_s"].tolist() == [5_000.0, 1_000.0, 2_000.0]
+    assert leads["onset_lead_s"].tolist()[0] == 1_000.0  # the drain after the onset
+    assert np.isnan(leads["onset_lead_s"].tolist()[1])  # no precursor, no onset lead
+    assert np.isnan(leads["onset_lead_s"].tolist()[2])  # its only drain came before it
+    result = score_drains(drains=drains, events=events, samples=samples)
+    assert (result["caught"], result["failures"]) == (3, 3)
+    assert (result["precursor_caught"], result["precursor_failures"]) == (2, 2)
+    assert result["precursor_caught_after_onset"] == 1
+    assert result["median_lead_after_onset_min"] == pytest.approx(1_000 / 60)
+    assert result["false_drains"] == 1  # node z never failed
+
+
+def test_without_onsets_the_extra_figures_are_empty() -> None:
+    events = pd.DataFrame({"node": ["a"], "ts": [100.0], "kind": ["failure"]})
+    drains = pd.DataFrame({"node": ["a"], "ts": [50.0]})
+    samples = pd.DataFrame({"node": ["a", "a"], "ts": [0.0, 86_400.0]})
+    result = score_drains(drains=drains, events=events, samples=samples)
+    assert result["caught"] == 1 and result["precursor_failures"] == 0
+    assert result["median_lead_after_onset_min"] is None
