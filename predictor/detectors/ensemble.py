@@ -21,7 +21,14 @@ class Ensemble(OnlineDetector):
       the series' daily profile when that is smaller (:class:`SeasonalNovelty`: a daily
       pattern is not an anomaly), then mapped to a bounded, sparse ``[0, 1]`` ramp (0
       below ``ramp[0]`` sigma, 1 beyond ``ramp[1]``), like HTM's raw anomaly, so that the
-      likelihood's Gaussian fit is not swamped by heavy tails;
+      likelihood's Gaussian fit is not swamped by heavy tails. When the daily profile is
+      the series' model (its residual variance is below ``explained`` times the plain
+      model's variance) its |z| is used alone: a day that breaks the pattern with
+      ordinary values (a flat or missing peak) is then news;
+    - the same ramp of the daily-profile |z| alone, as a signal of its own: on a
+      strongly periodic series it is usually near 0, so a departure from the pattern
+      stands out, while on an irregular one it is often high and its likelihood stays
+      low (the likelihood calibrates it per series, no switch needed);
     - the novelty of the quantised-value context (:class:`ContextNovelty`).
 
     Each becomes a log-scaled tail probability through :class:`AnomalyLikelihood` (one
@@ -38,7 +45,8 @@ class Ensemble(OnlineDetector):
     quiet
         Samples of silence after an alarm.
     alarm
-        Score that starts a quiet period (0.5 = tail probability 1e-5).
+        Score that starts a quiet period (0.4 = tail probability 1e-4); kept below the
+        scores usually alerted on, so that any alert silences its own repeats.
     alpha
         EW weight of the plain (non-seasonal) value model.
     settle
@@ -57,6 +65,9 @@ class Ensemble(OnlineDetector):
         stay below alarm levels yet still rank above ordinary samples.
     use_seasonal
         Whether the daily profile may explain away a surprise.
+    explained
+        Residual-to-plain variance ratio below which the daily profile is the series'
+        model (0.5: it explains at least half the variance).
 
     >>> import numpy as np
     >>> det = Ensemble()
@@ -74,7 +85,7 @@ class Ensemble(OnlineDetector):
         long: float = 500.0,
         warmup: int = 150,
         quiet: int = 100,
-        alarm: float = 0.5,
+        alarm: float = 0.4,
         alpha: float = 0.01,
         settle: int = 50,
         levels: int = 16,
@@ -84,6 +95,7 @@ class Ensemble(OnlineDetector):
         excursion: float = 0.2,
         muted: float = 0.25,
         use_seasonal: bool = True,
+        explained: float = 0.5,
     ):
         self.short = short
         self.long = long
@@ -99,11 +111,13 @@ class Ensemble(OnlineDetector):
         self.excursion = excursion
         self.muted = muted
         self.use_seasonal = use_seasonal
+        self.explained = explained
         self.plain_ = EwNovelty(alpha=alpha)
-        self.seasonal_ = SeasonalNovelty()
+        # Residuals averaged over the plain model's horizon: the two variances compare.
+        self.seasonal_ = SeasonalNovelty(err_alpha=alpha)
         self.context_ = ContextNovelty(levels=levels, context=context)
         self.range_ = RangeBreak(tolerance=tolerance, warmup=warmup)
-        self.likelihood_ = AnomalyLikelihood(2, short=short, long=long, warmup=warmup)
+        self.likelihood_ = AnomalyLikelihood(3, short=short, long=long, warmup=warmup)
         self.seen_ = np.zeros(0, dtype=np.int64)  # samples per series
         self.hold_ = np.zeros(0, dtype=np.int64)  # samples left in the quiet period
         self.peak_ = np.zeros(0)  # highest score of the current excursion
@@ -118,14 +132,29 @@ class Ensemble(OnlineDetector):
         self.hold_ = grow(self.hold_, size)
         self.peak_ = grow(self.peak_, size)
 
+    def _periodic(self, at: slice | np.ndarray) -> np.ndarray:
+        """Series whose daily profile is their model (read before the members learn)."""
+        return self.seasonal_.err_[at] < self.explained * self.plain_.var_[at]  # type: ignore[no-any-return]
+
     def _raw(
-        self, plain: list[np.ndarray], seasonal: list[np.ndarray], context: list[np.ndarray]
+        self,
+        plain: list[np.ndarray],
+        seasonal: list[np.ndarray],
+        context: list[np.ndarray],
+        periodic: np.ndarray,
     ) -> list[np.ndarray]:
         # Only the value's |z| is used: the change's |z| found few anomalies that the other
         # signals missed and raised many false alarms on bursty series.
-        z = np.minimum(plain[0], seasonal[0]) if self.use_seasonal else plain[0]
+        if not self.use_seasonal:
+            return [self._ramp(plain[0]), *context, np.zeros(len(plain[0]))]
+        # An untrusted phase reports inf: it explains nothing and signals nothing.
+        known = np.isfinite(seasonal[0])
+        z = np.where(periodic & known, seasonal[0], np.minimum(plain[0], seasonal[0]))
+        return [self._ramp(z), *context, self._ramp(np.where(known, seasonal[0], 0.0))]
+
+    def _ramp(self, z: np.ndarray) -> np.ndarray:
         lo, hi = self.ramp
-        return [np.clip((z - lo) / (hi - lo), 0.0, 1.0), *context]
+        return np.clip((z - lo) / (hi - lo), 0.0, 1.0)  # type: ignore[no-any-return]
 
     def _report(self, at: slice | np.ndarray, fused: np.ndarray) -> np.ndarray:
         # Repeats are muted, not zeroed: they still rank above normal samples.
@@ -156,6 +185,7 @@ class Ensemble(OnlineDetector):
             self.plain_.raw_many(keys, values, ts),
             self.seasonal_.raw_many(keys, values, ts),
             self.context_.raw_many(keys, values, ts),
+            self._periodic(at),
         )
         fused = np.maximum(
             self.likelihood_.score(keys, raw, fuse=True),
@@ -166,10 +196,12 @@ class Ensemble(OnlineDetector):
     def _score_learn_block(
         self, keys: np.ndarray, at: slice | np.ndarray, values: np.ndarray, ts: np.ndarray
     ) -> np.ndarray:
+        periodic = self._periodic(at)
         raw = self._raw(
             self.plain_.raw_learn_many(keys, values, ts),
             self.seasonal_.raw_learn_many(keys, values, ts),
             self.context_.raw_learn_many(keys, values, ts),
+            periodic,
         )
         # Raw signals are wild while their own moments form: keep that out of the
         # long-term distribution the likelihood compares against.

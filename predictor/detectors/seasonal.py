@@ -20,6 +20,10 @@ class SeasonalNovelty(OnlineDetector):
     ``min_seen`` times reports ``inf`` (it explains nothing yet), so the ensemble's
     ``min`` with a non-seasonal model falls back to that model.
 
+    ``err_`` keeps, per series, an EW mean of the squared residual of the value against
+    its trusted phase means (``inf`` before the first): a detector compares it with a
+    non-seasonal model's variance to tell whether the daily profile is the better model.
+
     Parameters
     ----------
     period
@@ -32,6 +36,8 @@ class SeasonalNovelty(OnlineDetector):
         Visits a phase needs before it is trusted.
     rel_floor, cap
         As in :class:`~predictor.detectors.ew_novelty.EwNovelty`.
+    err_alpha
+        Weight of each new residual in ``err_``.
     """
 
     n_signals = 2
@@ -44,6 +50,7 @@ class SeasonalNovelty(OnlineDetector):
         min_seen: int = 3,
         rel_floor: float = 1e-3,
         cap: float = 10.0,
+        err_alpha: float = 0.01,
     ):
         self.period = period
         self.buckets = buckets
@@ -51,6 +58,7 @@ class SeasonalNovelty(OnlineDetector):
         self.min_seen = min_seen
         self.rel_floor = rel_floor
         self.cap = cap
+        self.err_alpha = err_alpha
         # Phase-major tables: (statistic, phase, series) value mean and variance, change
         # mean and variance; (phase, series) visits. A fleet's samples at one time of day
         # then sit side by side, so gathering and scattering them reads few cache lines.
@@ -58,6 +66,7 @@ class SeasonalNovelty(OnlineDetector):
         self.visits_ = np.zeros((buckets, 0), dtype=np.int32)
         self.prev_ = np.zeros(0)
         self.count_ = np.zeros(0, dtype=np.int64)
+        self.err_ = np.zeros(0)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Checkpoints from before the phase-major layout kept (series, phase) tables.
@@ -65,6 +74,9 @@ class SeasonalNovelty(OnlineDetector):
             tables = [state.pop(name).T for name in _LEGACY_TABLES]
             state["profile_"] = np.ascontiguousarray(np.stack(tables))
             state["visits_"] = np.ascontiguousarray(state.pop("seen_").T)
+        # Checkpoints from before the residual was tracked: no residual seen yet.
+        state.setdefault("err_", np.full(len(state["count_"]), np.inf))
+        state.setdefault("err_alpha", 0.01)
         self.__dict__.update(state)
 
     def _ensure(self, keys: np.ndarray) -> None:
@@ -76,6 +88,7 @@ class SeasonalNovelty(OnlineDetector):
             self.visits_ = grow_columns(self.visits_, size)
         self.prev_ = grow(self.prev_, size)
         self.count_ = grow(self.count_, size)
+        self.err_ = grow(self.err_, size, np.inf)
 
     def _cell(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
         phase = (np.floor((ts % self.period) / self.period * self.buckets)).astype(np.int64)
@@ -136,6 +149,13 @@ class SeasonalNovelty(OnlineDetector):
             learnt[row] = mean + a * delta
             learnt[row + 1] = (1.0 - a) * (var + a * delta * delta)
         self._profile()[:, cell] = learnt
+        # Residuals against untrusted phases say nothing about the profile; the first
+        # trusted one starts the average.
+        err = self.err_[at]
+        sq = values - vmean
+        sq *= sq
+        prior = np.where(np.isfinite(err), err, sq)
+        self.err_[at] = np.where(seen >= self.min_seen, prior + self.err_alpha * (sq - prior), err)
         self.visits_.reshape(-1)[cell] = seen + 1
         self.prev_[at] = values
         self.count_[at] = count + 1
