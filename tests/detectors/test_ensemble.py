@@ -105,3 +105,57 @@ def test_likelihood_flags_a_jump_in_a_quiet_signal_and_fuses_by_max() -> None:
     np.testing.assert_allclose(fused, np.maximum(*per_signal))
     # One jump moves the 10-sample average by ~0.1, about 3.5 sigma here: tail ~2e-4.
     assert fused[0] < 0.1 and fused[1:].min() > 0.3
+
+
+def _square_days(n_series: int, days: int, missing_day: int, seed: int = 0):
+    """A daily square wave (a high plateau every afternoon) with one day's plateau missing."""
+    rng = np.random.default_rng(seed)
+    per_day = 288
+    ts = 300.0 * np.arange(days * per_day)
+    phase = (ts % 86400.0) / 86400.0
+    high = (phase >= 0.4) & (phase < 0.7)
+    values = 20.0 + 60.0 * high + rng.normal(0, 2.0, size=(n_series, len(ts)))
+    day = ts // 86400.0
+    gone = high & (day == missing_day)
+    values[:, gone] -= 60.0
+    return values, ts, gone
+
+
+def test_a_day_that_breaks_a_strong_daily_pattern_is_flagged() -> None:
+    # Every value of the missing plateau is an ordinary low value: only the profile of
+    # the series' day says it is wrong.
+    values, ts, gone = _square_days(n_series=3, days=8, missing_day=6)
+    scores = _run(Ensemble(), values, ts)
+    first = int(np.flatnonzero(gone)[0])
+    # (The first alert silences its repeats: the max is that alert, near NAB's usual
+    # operating thresholds of about 0.35.)
+    assert scores[:, first : first + 30].max(axis=1).min() >= 0.35
+    # The ordinary days before it raise nothing like that once the profile is known.
+    assert scores[:, 3 * 288 : first].max() < 0.25
+
+
+def test_seasonal_residual_follows_trusted_phases_only() -> None:
+    det = SeasonalNovelty(buckets=4, min_seen=2, err_alpha=0.5)
+    key = np.array([0])
+    for i, x in enumerate([1.0, 1.0, 3.0]):  # one phase: visits 0 and 1 are untrusted
+        det.learn_many(key, np.array([x]), np.array([10.0 * i]))
+        assert np.isinf(det.err_[0]) == (i < 2)
+    # The first trusted residual (3 - 1)^2 starts the average.
+    assert det.err_[0] == pytest.approx(4.0)
+    det.learn_many(key, np.array([1.0]), np.array([40.0]))
+    assert np.isfinite(det.err_[0]) and det.err_[0] < 4.0
+
+
+def test_seasonal_checkpoint_without_residual_loads() -> None:
+    det = SeasonalNovelty()
+    values, ts, _ = _stream(n_series=3, n=200)
+    _run(det, values, ts)
+    state = dict(vars(det))
+    del state["err_"], state["err_alpha"]
+    old = SeasonalNovelty.__new__(SeasonalNovelty)
+    old.__setstate__(state)
+    assert np.isinf(old.err_).all() and old.err_alpha == det.err_alpha
+    keys, t = np.arange(3), np.full(3, ts[-1] + 300.0)
+    np.testing.assert_array_equal(
+        old.score_many(keys, values[:, -1], t), det.score_many(keys, values[:, -1], t)
+    )
