@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,7 +45,17 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         # First, so that switching a new file to WAL waits for a concurrent opener.
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA journal_mode=WAL")
+        # Two connections switching one new file to WAL at once can get "database is
+        # locked" at once, without the busy handler (SQLite's deadlock avoidance): retry.
+        for attempt in range(50):
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    conn.close()
+                    raise
+                time.sleep(0.01 * (1 + attempt % 10))
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
