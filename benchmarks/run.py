@@ -36,7 +36,7 @@ FULL: Profile = {
     "scoring": {"n_nodes": 10_000, "n_metrics": 20, "warm_steps": 2, "steps": 4},
     "memory": {"sizes": ((1_000, 20), (10_000, 20), (100_000, 5))},
     "queries": {"n_nodes": 10_000, "n_metrics": 20, "n_steps": 3, "requests": 300},
-    "training": {"sizes": (250_000, 1_000_000)},
+    "training": {"sizes": (1_000_000, 10_000_000)},
     "end_to_end": {"ladder": (2_000, 5_000, 10_000, 20_000), "big": 100_000, "big_intervals": 3},
     "scale_out": {"n_nodes": 5_000, "n_metrics": 20, "steps": 4},
 }
@@ -45,7 +45,7 @@ QUICK: Profile = {
     "scoring": {"n_nodes": 1_000, "n_metrics": 20, "warm_steps": 1, "steps": 2},
     "memory": {"sizes": ((100, 20), (1_000, 20), (5_000, 20))},
     "queries": {"n_nodes": 1_000, "n_metrics": 20, "n_steps": 2, "requests": 100},
-    "training": {"sizes": (20_000, 80_000)},
+    "training": {"sizes": (20_000, 100_000)},
     "end_to_end": {
         "ladder": (200, 1_000),
         "big": 5_000,
@@ -157,11 +157,15 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )  # fmt: skip
     if tr := report.get("training"):
         for row in tr["rows"]:
+            ap = row["holdout_average_precision"]
             rows.append(
-                (f"training train() on {row['sample_rows']:,} sample rows",
-                 f"{row['cpu_s']:.1f} cpu-s, {row['wall_s']:.1f} s wall "
-                 f"({row['rows_per_cpu_s']:,.0f} rows/cpu-s)",
-                 f"{row['per_row_ratio_vs_smallest']:.2f} x smallest, per row", "~1 (linear)")
+                (f"training train() on {row['feature_rows']:,} feature rows "
+                 f"({row['nodes']:,} nodes)",
+                 f"{row['wall_s']:.1f} s wall, {row['cpu_s']:.1f} cpu-s "
+                 f"({row['rows_per_s']:,.0f} rows/s); peak RSS {row['peak_rss_mib']:,.0f} MiB; "
+                 f"holdout AP {'-' if ap is None else f'{ap:.3f}'}",
+                 f"{row['per_row_ratio_vs_smallest']:.2f} x smallest, per row (cpu); "
+                 f"{row['per_row_wall_ratio_vs_smallest']:.2f} (wall)", "~1 (linear)")
             )  # fmt: skip
     if e2e := report.get("end_to_end"):
         scoring = (report.get("scoring") or {}).get("settings", {}).get("ewma_z", {})

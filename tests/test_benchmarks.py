@@ -72,7 +72,11 @@ def test_quick_run_reports_every_benchmark(tmp_path: Path, capsys: pytest.Captur
 
     training = report["training"]["rows"]
     assert len(training) == 2
-    assert all(positive(r["cpu_s"]) and positive(r["snapshot_rows"]) for r in training)
+    for r in training:
+        assert positive(r["cpu_s"]) and positive(r["peak_rss_mib"])
+        # About as many feature rows as asked for (nodes x steps, a few maintenance gaps).
+        assert 0.8 * 3_000 <= training[0]["feature_rows"] <= 1.2 * 3_000
+        assert set(r["stage_wall_s"]) == {"features", "fit", "evaluate"}
 
     runs = report["end_to_end"]["runs"]
     assert [r["nodes"] for r in runs] == [10]
