@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     # Training
     horizon_s: float = 3600.0
     train_step_s: float = 60.0
+    # Cores that training uses (IsolationForest, HistGradientBoosting's OpenMP); -1 = all.
+    train_n_jobs: int = -1
     seed: int = 0
     # Signs model manifests (HMAC-SHA256). Required in prod; dev falls back to DEV_MODEL_HMAC_KEY.
     model_hmac_key: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+from joblib import effective_n_jobs
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 from sklearn.frozen import FrozenEstimator
@@ -15,6 +16,10 @@ from threadpoolctl import ThreadpoolController
 from predictor.features.node import feature_names
 
 MIN_POSITIVES = 10
+# Larger inputs are subsampled (see BatchModel.fit); smaller ones are used whole.
+ISOLATION_MAX_ROWS = 100_000
+CLASSIFIER_MAX_ROWS = 250_000
+SCORE_BLOCK_ROWS = 65_536
 
 
 @cache
@@ -73,6 +78,12 @@ class CompiledForest:
 
     def raw_anomaly(self, X: np.ndarray) -> np.ndarray:
         """``-score_samples(X)`` of the original forest: higher = more abnormal."""
+        if len(X) > SCORE_BLOCK_ROWS:  # the walk holds (rows x trees) arrays: bound them
+            blocks = range(0, len(X), SCORE_BLOCK_ROWS)
+            return np.concatenate([self._raw(X[i : i + SCORE_BLOCK_ROWS]) for i in blocks])
+        return self._raw(X)
+
+    def _raw(self, X: np.ndarray) -> np.ndarray:
         X = np.where(np.isnan(X), self.fill, X)
         # sklearn trees compare float32 inputs against float64 thresholds.
         X = X.astype(np.float32).astype(np.float64)
@@ -84,6 +95,13 @@ class CompiledForest:
             go_left = X[rows, np.maximum(feature, 0)] <= self.threshold[node]
             node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
         return 2.0 ** (-self.value[node].sum(axis=1) / self.denominator)
+
+
+def _sample(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray | None:
+    """A uniform sample of ``size`` of ``rows`` in their order; ``None`` if there are no more."""
+    if len(rows) <= size:
+        return None
+    return np.sort(rng.choice(rows, size=size, replace=False))
 
 
 class BatchModel:
@@ -99,12 +117,20 @@ class BatchModel:
     """
 
     def __init__(
-        self, metrics: list[str], horizon_s: float = 1800.0, seed: int = 0, n_jobs: int = -1
+        self,
+        metrics: list[str],
+        horizon_s: float = 1800.0,
+        seed: int = 0,
+        n_jobs: int = -1,
+        isolation_max_rows: int = ISOLATION_MAX_ROWS,
+        classifier_max_rows: int = CLASSIFIER_MAX_ROWS,
     ):
         self.metrics = metrics
         self.horizon_s = horizon_s
         self.seed = seed
         self.n_jobs = n_jobs
+        self.isolation_max_rows = isolation_max_rows
+        self.classifier_max_rows = classifier_max_rows
 
     @property
     def feature_names(self) -> list[str]:
@@ -113,14 +139,30 @@ class BatchModel:
     def fit(
         self, X: np.ndarray, y: np.ndarray | None = None, sample_weight: np.ndarray | None = None
     ) -> BatchModel:
-        """Fit on rows in time order (the classifier is calibrated on the latest rows)."""
+        """Fit on rows in time order (the classifier is calibrated on the latest rows).
+
+        Uses ``n_jobs`` cores: IsolationForest's trees and HistGradientBoosting's OpenMP
+        threads (``-1``: all of them). A large history is subsampled where that costs no
+        quality (inputs within the limits are used whole):
+
+        - IsolationForest grows each tree on 256 rows drawn at random, so a uniform sample
+          of ``isolation_max_rows`` is as good a pool; the imputer's medians and the
+          score's scale come from the same sample.
+        - The classifier fits on every failure row before the calibration cut and a
+          uniform sample of the rest (up to ``classifier_max_rows`` in all, the rest at
+          least half of it), weighted up by the inverse of its sampling rate so that it
+          learns the history's class balance; calibration uses every later row.
+        """
+        rng = np.random.default_rng(self.seed)
+        pool = _sample(np.arange(len(X)), self.isolation_max_rows, rng)
+        X_pool = X if pool is None else X[pool]
         self.isolation_: Pipeline = make_pipeline(
             SimpleImputer(strategy="median", keep_empty_features=True),
             IsolationForest(n_estimators=50, random_state=self.seed, n_jobs=self.n_jobs),
-        ).fit(X)
+        ).fit(X_pool)
         imputer, forest = self.isolation_[0], self.isolation_[-1]
         self.forest_ = CompiledForest(forest, fill=imputer.statistics_)
-        raw = self.forest_.raw_anomaly(X)
+        raw = self.forest_.raw_anomaly(X_pool)
         self.raw_median_ = float(np.median(raw))
         self.raw_high_ = float(np.quantile(raw, 0.999))
         self.classifier_: CalibratedClassifierCV | None = None
@@ -133,15 +175,26 @@ class BatchModel:
         if min(fit_y.sum(), (1 - fit_y).sum(), calib_y.sum()) < MIN_POSITIVES:
             return self
         weights = None if sample_weight is None else sample_weight[:cut]
-        base = HistGradientBoostingClassifier(
-            max_iter=150,
-            learning_rate=0.1,
-            l2_regularization=1.0,
-            random_state=self.seed,
-        ).fit(X[:cut], fit_y, sample_weight=weights)
-        self.classifier_ = CalibratedClassifierCV(FrozenEstimator(base), method="isotonic").fit(
-            X[cut:], calib_y
-        )
+        rows = np.arange(cut)
+        positives, negatives = rows[fit_y == 1], rows[fit_y != 1]
+        limit = max(self.classifier_max_rows - len(positives), self.classifier_max_rows // 2)
+        kept = _sample(negatives, limit, rng)
+        fit_X = X[:cut]
+        if kept is not None:
+            rows = np.sort(np.concatenate([positives, kept]))
+            boost = np.where(fit_y[rows] == 1, 1.0, len(negatives) / len(kept))
+            weights = boost if weights is None else weights[rows] * boost
+            fit_X, fit_y = X[rows], fit_y[rows]
+        with _threadpools().limit(limits=effective_n_jobs(self.n_jobs), user_api="openmp"):
+            base = HistGradientBoostingClassifier(
+                max_iter=150,
+                learning_rate=0.1,
+                l2_regularization=1.0,
+                random_state=self.seed,
+            ).fit(fit_X, fit_y, sample_weight=weights)
+            self.classifier_ = CalibratedClassifierCV(FrozenEstimator(base), method="isotonic").fit(
+                X[cut:], calib_y
+            )
         return self
 
     def anomaly_score(self, X: np.ndarray) -> np.ndarray:

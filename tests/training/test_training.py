@@ -7,8 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import average_precision_score
 
 from predictor.config import Settings
+from predictor.features import FEATURES, batch_features
+from predictor.features.node import assemble
 from predictor.simulate import FleetSpec, simulate
 from predictor.training import (
     BatchModel,
@@ -41,6 +44,81 @@ def test_no_classifier_without_enough_failures() -> None:
     y = np.zeros(500, dtype=int)
     y[:3] = 1
     assert BatchModel(["a"]).fit(X, y).failure_probability(X) is None
+
+
+def reference_features(samples: pd.DataFrame, metrics: list[str], step_s: float) -> pd.DataFrame:
+    """Snapshots from the pandas feature definition, carried forward with merge_asof."""
+    feats = batch_features(samples)
+    feats["bucket"] = np.floor(feats["ts"] / step_s).astype(np.int64)
+    per_series = feats.groupby(["node", "metric", "bucket"]).last().reset_index()
+    rows = feats.groupby(["node", "bucket"])["ts"].max().rename("node_ts").reset_index()
+    rows = rows.sort_values(["bucket", "node"], ignore_index=True)
+    rows["row"] = np.arange(len(rows))
+    grid = rows.merge(per_series[["node", "metric"]].drop_duplicates(), on="node")
+    merged = pd.merge_asof(
+        grid.sort_values("bucket"), per_series.sort_values("bucket"), on="bucket",
+        by=["node", "metric"],
+    ).dropna(subset=["ts"])  # fmt: skip
+    X = assemble(
+        values=merged[list(FEATURES)].to_numpy(dtype=float),
+        last_ts=merged["ts"].to_numpy(dtype=float),
+        series_node=merged["row"].to_numpy(dtype=np.int64),
+        series_slot=merged["metric"].map({m: i for i, m in enumerate(metrics)}).fillna(-1)
+        .to_numpy(dtype=np.int64),
+        node_ts=rows["node_ts"].to_numpy(dtype=float),
+        n_metrics=len(metrics),
+    )  # fmt: skip
+    return rows.assign(X=list(X))
+
+
+def test_snapshots_equal_the_pandas_feature_definition(fleet) -> None:
+    samples = fleet.samples.iloc[: len(fleet.samples) // 4]
+    # Ingest order across series does not matter; a late sample never moves the features.
+    samples = samples.sample(frac=1.0, random_state=0).sort_values("ts", kind="stable")
+    late = samples.iloc[[100]].assign(ts=lambda f: f["ts"] - 400.0, value=1e6)
+    samples = pd.concat([samples, late], ignore_index=True)
+    metrics = ["cpu", "disk", "not_sent"]  # one the fleet does not send: NaN
+    snaps = build_snapshots(samples, fleet.events, metrics=metrics, step_s=300.0, horizon_s=1800.0)
+    ref = reference_features(samples, metrics, 300.0)
+    assert snaps.X.shape == (len(ref), len(metrics) * 6 + 4)
+    np.testing.assert_array_equal(snaps.nodes, ref["node"].to_numpy())
+    np.testing.assert_array_equal(snaps.ts, ref["node_ts"].to_numpy())
+    expected = np.stack(ref["X"].to_numpy())
+    assert np.isnan(expected).any() and not np.isnan(expected).all()
+    np.testing.assert_allclose(snaps.X, expected, rtol=1e-6, atol=1e-9, equal_nan=True)
+
+
+def test_snapshots_of_an_empty_history_are_empty() -> None:
+    empty = pd.DataFrame({"node": [], "metric": [], "ts": [], "value": []})
+    snaps = build_snapshots(empty, empty.assign(kind=[]), metrics=["cpu"], step_s=60.0,
+                            horizon_s=600.0)  # fmt: skip
+    assert snaps.X.shape == (0, 10) and len(snaps.y) == len(snaps.nodes) == 0
+
+
+def test_subsampled_fit_keeps_the_models_quality() -> None:
+    """Above its row limits the model subsamples; held-out ranking stays as good."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(24_000, 6))
+    X[rng.random(X.shape) < 0.02] = np.nan
+    signal = np.nan_to_num(X[:, 0]) + 0.5 * np.nan_to_num(X[:, 1]) ** 2
+    y = (signal + rng.normal(scale=1.0, size=len(X)) > 2.5).astype(int)
+    fit, held = slice(0, 16_000), slice(16_000, None)
+    whole = BatchModel(["a"]).fit(X[fit], y[fit])
+    small = BatchModel(["a"], isolation_max_rows=2_000, classifier_max_rows=3_000)
+    small.fit(X[fit], y[fit])
+    assert whole.failure_probability(X) is not None
+    ap = {
+        name: average_precision_score(y[held], m.failure_probability(X[held]))
+        for name, m in (("whole", whole), ("small", small))
+    }
+    assert ap["small"] > 0.5 and abs(ap["small"] - ap["whole"]) < 0.03, ap
+    # Calibrated on every later row: the probabilities keep the history's failure rate.
+    probability = small.failure_probability(X[held])
+    assert abs(probability.mean() - y[held].mean()) < 0.02
+    # The anomaly score's scale comes from the sample: still 0..1 around the same median.
+    assert 0.4 < np.mean(small.anomaly_score(X[fit]) == 0.0) < 0.6
+    rank = np.corrcoef(small.anomaly_score(X[held]), whole.anomaly_score(X[held]))[0, 1]
+    assert rank > 0.8
 
 
 def test_snapshots_label_the_horizon_before_each_failure(fleet) -> None:
