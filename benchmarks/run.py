@@ -158,9 +158,10 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if tr := report.get("training"):
         for row in tr["rows"]:
             ap = row["holdout_average_precision"]
+            cores = "all cores" if row["n_jobs"] == -1 else f"n_jobs={row['n_jobs']}"
             rows.append(
                 (f"training train() on {row['feature_rows']:,} feature rows "
-                 f"({row['nodes']:,} nodes)",
+                 f"({row['nodes']:,} nodes), {cores}",
                  f"{row['wall_s']:.1f} s wall, {row['cpu_s']:.1f} cpu-s "
                  f"({row['rows_per_s']:,.0f} rows/s); peak RSS {row['peak_rss_mib']:,.0f} MiB; "
                  f"holdout AP {'-' if ap is None else f'{ap:.3f}'}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,9 +38,9 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _measure(feature_rows: int) -> dict[str, Any]:
+def _measure(feature_rows: int, n_jobs: int) -> dict[str, Any]:
     """Simulate, then time ``train`` by stage (runs in its own process)."""
-    settings = Settings()
+    settings = Settings(train_n_jobs=n_jobs)
     fleet = history(feature_rows, step_s=settings.train_step_s)
     rss_history = _rss_mib()
     stages: dict[str, float] = {}
@@ -59,6 +60,7 @@ def _measure(feature_rows: int) -> dict[str, Any]:
     progress("")
     evaluation = manifest["evaluation"]
     return {
+        "n_jobs": n_jobs,
         "nodes": int(fleet.samples["node"].nunique()),
         "sample_rows": len(fleet.samples),
         "feature_rows": len(snaps.ts),
@@ -74,18 +76,24 @@ def _measure(feature_rows: int) -> dict[str, Any]:
     }
 
 
-def bench_training(*, sizes: tuple[int, ...] = (1_000_000, 10_000_000)) -> dict[str, Any]:
-    """Time of ``train`` per feature-row count; growth as time per row against the smallest."""
+def bench_training(
+    *, sizes: tuple[int, ...] = (1_000_000, 10_000_000), single_thread: bool = True
+) -> dict[str, Any]:
+    """Time of ``train`` per feature-row count with all cores; growth as time per row
+    against the smallest. ``single_thread`` adds the smallest size on one core: threads
+    only pay where the cores are free (on a shared machine they can cost more).
+    """
+    runs = [(rows, -1) for rows in sizes] + ([(sizes[0], 1)] if single_thread else [])
     rows_out = []
-    for rows in sizes:
+    for rows, n_jobs in runs:
         # spawn: a forked child would inherit OpenMP state and the parent's memory peak.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            rows_out.append(pool.submit(_measure, rows).result())
+            rows_out.append(pool.submit(_measure, rows, n_jobs).result())
     base = rows_out[0]["cpu_s"] / rows_out[0]["feature_rows"]
     base_wall = rows_out[0]["wall_s"] / rows_out[0]["feature_rows"]
     for row in rows_out:
         # 1.0 = linear growth; above 1 the cost per row grows with the history.
         row["per_row_ratio_vs_smallest"] = row["cpu_s"] / row["feature_rows"] / base
         row["per_row_wall_ratio_vs_smallest"] = row["wall_s"] / row["feature_rows"] / base_wall
-    return {"rows": rows_out}
+    return {"cpus": os.cpu_count(), "rows": rows_out}
