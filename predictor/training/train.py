@@ -63,10 +63,9 @@ def build_snapshots(
     float32 anyway; it halves the memory of ten million rows).
     """
     hist = _History.from_samples(samples, step_s=step_s)
-    slot_of_metric = {m: i for i, m in enumerate(metrics)}
-    series_slot = np.array([slot_of_metric.get(m, -1) for m in hist.metric_names], dtype=np.int64)[
-        hist.series_metric
-    ]
+    slots = {m: i for i, m in enumerate(metrics)}
+    metric_slot = np.array([slots.get(m, -1) for m in hist.metric_names], dtype=np.int64)
+    series_slot = metric_slot[hist.series_metric]
     width = len(feature_names(metrics))
     X = np.empty((len(hist.row_node), width), dtype=np.float32)
     state = OnlineFeatures()
