@@ -85,15 +85,23 @@ def bench_training(
     """
     runs = [(rows, -1) for rows in sizes] + ([(sizes[0], 1)] if single_thread else [])
     rows_out = []
-    for rows, n_jobs in runs:
-        # spawn: a forked child would inherit OpenMP state and the parent's memory peak.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            rows_out.append(pool.submit(_measure, rows, n_jobs).result())
+    # As `make train` runs it (see the Makefile); the child processes read it at start.
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "passive")
+    saved = os.environ.get("OMP_WAIT_POLICY")
+    os.environ["OMP_WAIT_POLICY"] = wait_policy
+    try:
+        for rows, n_jobs in runs:
+            # spawn: a forked child would inherit OpenMP state and the parent's memory peak.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                rows_out.append(pool.submit(_measure, rows, n_jobs).result())
+    finally:
+        if saved is None:
+            del os.environ["OMP_WAIT_POLICY"]
     base = rows_out[0]["cpu_s"] / rows_out[0]["feature_rows"]
     base_wall = rows_out[0]["wall_s"] / rows_out[0]["feature_rows"]
     for row in rows_out:
         # 1.0 = linear growth; above 1 the cost per row grows with the history.
         row["per_row_ratio_vs_smallest"] = row["cpu_s"] / row["feature_rows"] / base
         row["per_row_wall_ratio_vs_smallest"] = row["wall_s"] / row["feature_rows"] / base_wall
-    return {"cpus": os.cpu_count(), "rows": rows_out}
+    return {"cpus": os.cpu_count(), "omp_wait_policy": wait_policy, "rows": rows_out}
