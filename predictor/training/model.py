@@ -149,9 +149,9 @@ class BatchModel:
           of ``isolation_max_rows`` is as good a pool; the imputer's medians and the
           score's scale come from the same sample.
         - The classifier fits on every failure row before the calibration cut and a
-          uniform sample of the rest (up to ``classifier_max_rows`` in all, the rest at
-          least half of it), weighted up by the inverse of its sampling rate so that it
-          learns the history's class balance; calibration uses every later row.
+          uniform sample of the other rows (``classifier_max_rows`` in all, of which at
+          least half are other rows), weighted up by the inverse of their sampling rate
+          so that it learns the history's class balance; calibration uses every later row.
         """
         rng = np.random.default_rng(self.seed)
         pool = _sample(np.arange(len(X)), self.isolation_max_rows, rng)
