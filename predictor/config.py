@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     eval_step_s: float = 10.0  # event-time bucket in which a node is evaluated once
     scoring_chunk_rows: int = 200_000
     checkpoint_every_s: float = 30.0  # wall-clock: how often the online state is saved
+    # Event time behind the newest sample after which scored samples and risk history are
+    # deleted (checked at each checkpoint); 0 keeps everything. Keep it above the training
+    # window you retrain on.
+    retention_days: float = 0.0
     # Event-time spacing of the stored risk history (0: every evaluation). The latest risk
     # of each node is always kept; big fleets want e.g. 60 (100k nodes every 10 s is 860M
     # history rows a day).

@@ -93,6 +93,15 @@ class Scorer:
             return None
         return (risk["ts"].to_numpy(np.float64) % s.risk_history_every_s) < s.eval_step_s
 
+    def forget_old(self) -> int:
+        """Apply ``retention_days``: delete what is scored and older (event time)."""
+        days = self.engine.settings.retention_days
+        if days <= 0:
+            return 0
+        with self.lock:
+            cutoff = self.engine.fleet_now() - days * 86400.0
+            return self.store.forget_before(ts=cutoff, position=self.scored_rowid)
+
     def drain_backlog(self, limit: int = 200_000) -> int:
         """Score until the log is exhausted; return the samples scored."""
         total = 0
@@ -189,6 +198,7 @@ class ScorerThread(threading.Thread):
                 self.scorer.store.set_meta(SCORED_POSITION, str(self.scorer.scored_rowid))
             if time.monotonic() - last_checkpoint >= self.checkpoint_every_s:
                 self.scorer.checkpoint()
+                self.scorer.forget_old()
                 last_checkpoint = time.monotonic()
             if not scored:
                 self.wake.wait(self.idle_wait_s)

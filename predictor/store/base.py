@@ -225,6 +225,20 @@ class Store(ABC):
     def last_sample_rowid(self) -> int:
         return int(self._query("SELECT coalesce(max(position), 0) FROM sample_batches")[0][0])
 
+    def forget_before(self, *, ts: float, position: int) -> int:
+        """Delete sample batches whose samples are all older than ``ts`` and that lie at or
+        before ``position`` (scored), and risk history older than ``ts``; return the
+        batches deleted. The newest batch always stays: it carries the log's position.
+        """
+        with self._begin(None) as conn:
+            cursor = conn.execute(
+                "DELETE FROM sample_batches WHERE max_ts < ? AND position <= ?"
+                " AND position < (SELECT max(position) FROM sample_batches)",
+                (ts, position),
+            )
+            conn.execute("DELETE FROM risk WHERE ts < ?", (ts,))
+            return int(cursor.rowcount)
+
     def count_samples(self) -> int:
         """Distinct stored samples (reads the log: for tests and tools, not hot paths)."""
         return len(self.samples_frame())

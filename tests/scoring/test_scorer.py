@@ -145,3 +145,18 @@ def test_risk_history_can_be_thinned_while_the_latest_risk_stays_complete(
         assert kept == [t for t in full.store.risk_history(node)["ts"].tolist() if t % 300 < 10]
         assert len(kept) < len(full.store.risk_history(node))
     assert thin.store.latest_risk() == full.store.latest_risk()
+
+
+def test_retention_forgets_scored_history_and_scoring_goes_on(settings: Settings) -> None:
+    runtime = Runtime.build(settings.model_copy(update={"retention_days": 1.0}))
+    assert runtime.scorer is not None
+    day = history(24 * 60, nodes=2)  # one day a minute apart, starting at ts 0
+    for offset in (0.0, 86_400.0, 2 * 86_400.0):
+        shifted = day.assign(ts=day["ts"] + offset)
+        runtime.store.append_samples(SampleBatch.from_frame(shifted))
+        runtime.scorer.drain_backlog()
+    assert runtime.scorer.forget_old() >= 1
+    kept = runtime.store.samples_frame()
+    assert kept["ts"].min() >= runtime.scorer.engine.fleet_now() - 2 * 86_400.0
+    runtime.store.append_samples(SampleBatch.from_frame(day.assign(ts=day["ts"] + 3 * 86_400.0)))
+    assert runtime.scorer.drain_backlog() == len(day)  # new samples are still scored

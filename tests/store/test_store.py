@@ -380,3 +380,20 @@ def test_group_commit_takes_what_queued_behind_it_and_isolates_a_bad_batch() -> 
     assert sorted(map(tuple, calls[2:])) == [("b",), ("bad",), ("c",)]
     assert isinstance(results["bad"], ValueError)
     assert all(isinstance(results[n], int) for n in ("a", "b", "c"))
+
+
+def test_forget_before_deletes_old_scored_batches_but_keeps_the_log_position(store: Store) -> None:
+    for day in range(3):
+        store.append_samples(batch("a", 4, start=day * 86_400.0))
+    store.append_risk(risk_rows(("a", 10.0, 0.5), ("a", 2 * 86_400.0, 0.6)))
+    last = store.last_sample_rowid()
+    # Not scored yet: no sample goes, however old.
+    assert store.forget_before(ts=2 * 86_400.0, position=0) == 0
+    assert store.count_samples() == 12
+    assert store.forget_before(ts=2 * 86_400.0, position=last) == 2
+    assert store.last_sample_rowid() == last  # positions continue from here
+    assert store.samples_frame()["ts"].min() == 2 * 86_400.0
+    assert store.risk_history("a")["ts"].tolist() == [2 * 86_400.0]
+    # Even past everything, the newest batch stays (it carries the position).
+    assert store.forget_before(ts=10 * 86_400.0, position=last) == 0
+    assert store.append_samples(batch("a", 2, start=3 * 86_400.0)) == last + 2
