@@ -21,7 +21,6 @@ from predictor.ingest.json_format import IngestError, parse_ts
 from predictor.ingest.otlp import OtlpResult, decode_content, parse_otlp_metrics
 from predictor.ingest.remote_write import parse_remote_write
 from predictor.policy import DRAINED, Policy
-from predictor.scoring import ScoringEngine
 from predictor.scoring.scorer import SCORED_POSITION, Scorer, ScorerThread
 from predictor.store import Store, open_store
 from predictor.stream import Publisher, StreamError
@@ -92,15 +91,11 @@ class Runtime:
                 logger.warning("serving earlier model %s (refused: %s)", version, refused)
         elif refused:
             logger.error("no batch model in service: every promoted version was refused")
-        engine = ScoringEngine(settings=settings, model=model)
-        policy = Policy(
-            settings=settings, store=store, actuator=actuator or make_actuator(settings)
-        )
-        scorer = Scorer(
-            store=store, engine=engine, policy=policy, checkpoint_path=settings.checkpoint_path
-        )
-        if scorer.restore():
-            engine.set_model(model)  # the checkpoint holds online state, not the model
+        scorer = Scorer.build(
+            settings=settings, store=store, actuator=actuator or make_actuator(settings),
+            model=model, checkpoint_path=settings.checkpoint_path,
+        )  # fmt: skip
+        scorer.restore()  # the checkpoint holds online state; the model stays the one loaded
         return cls(
             settings=settings, store=store, scorer=scorer, registry=registry,
             model_version=version, model_refused=refused,

@@ -20,8 +20,6 @@ import pandas as pd
 from predictor.actuators import LogActuator
 from predictor.config import Settings
 from predictor.ingest.batch import SampleBatch
-from predictor.policy import Policy
-from predictor.scoring import ScoringEngine
 from predictor.scoring.scorer import Scorer
 from predictor.store import SQLiteStore
 from predictor.training.model import BatchModel
@@ -52,12 +50,7 @@ def replay(
             if nodes is not None:
                 for row in nodes.to_dict("records"):
                     store.upsert_node(str(row.pop("node")), row)
-            scorer = Scorer(
-                store=store,
-                engine=ScoringEngine(settings=cfg, model=model),
-                policy=Policy(settings=cfg, store=store, actuator=LogActuator()),
-                checkpoint_path=Path(tmp) / "state.joblib",
-            )
+            scorer = Scorer.build(settings=cfg, store=store, actuator=LogActuator(), model=model)
             ordered = samples.sort_values("ts", kind="stable")
             chunk = np.floor((ordered["ts"] - ordered["ts"].min()) / chunk_s).to_numpy()
             risks = []

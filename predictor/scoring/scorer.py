@@ -14,11 +14,14 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from predictor.actuators import Actuator
+from predictor.config import Settings
 from predictor.ingest.batch import SampleBatch
 from predictor.policy import Policy
 from predictor.scoring.engine import EngineState, ScoringEngine
 from predictor.scoring.latest import LatestRisk
 from predictor.store import Store
+from predictor.training.model import BatchModel
 
 logger = logging.getLogger(__name__)
 TRICKLE_WAIT_S = 0.05
@@ -48,6 +51,24 @@ class Scorer:
         self.checkpoint_path = checkpoint_path
         self.latest = LatestRisk()  # node -> its latest risk row
         self.lock = threading.Lock()  # one step at a time (the thread, replays, tests)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        settings: Settings,
+        store: Store,
+        actuator: Actuator,
+        model: BatchModel | None = None,
+        checkpoint_path: Path | None = None,
+    ) -> Scorer:
+        """A fresh engine and policy for ``settings``, scoring into ``store``."""
+        return cls(
+            store=store,
+            engine=ScoringEngine(settings=settings, model=model),
+            policy=Policy(settings=settings, store=store, actuator=actuator),
+            checkpoint_path=checkpoint_path,
+        )
 
     @property
     def scored_rowid(self) -> int:

@@ -30,8 +30,6 @@ from typing import Any
 from predictor.actuators import Actuator
 from predictor.config import Settings
 from predictor.ingest.batch import SampleBatch
-from predictor.policy import Policy
-from predictor.scoring.engine import ScoringEngine
 from predictor.scoring.scorer import Scorer
 from predictor.store import Store, open_store
 from predictor.stream import decode, ensure_stream, subject
@@ -160,22 +158,21 @@ class Worker:
         from nats.js.errors import NotFoundError
 
         s = self.settings
-        engine = ScoringEngine(settings=s, model=self.model)
-        policy = Policy(settings=s, store=self.store, actuator=self.actuator)
-        scorer = Scorer(store=self.store, engine=engine, policy=policy)
+
+        def fresh() -> Scorer:
+            return Scorer.build(
+                settings=s, store=self.store, actuator=self.actuator, model=self.model
+            )
+
+        scorer = fresh()
         saved = self.store.load_checkpoint(partition=number)
         if saved is not None:
             try:
                 scorer.load_snapshot(saved[1])
-                engine.set_model(self.model)
-                engine.state.scored_rowid = saved[0]
+                scorer.engine.state.scored_rowid = saved[0]
             except Exception as exc:  # unusable state: re-read the partition from its start
                 logger.warning("partition %d: ignoring checkpoint (%s)", number, exc)
-                scorer = Scorer(
-                    store=self.store,
-                    engine=ScoringEngine(settings=s, model=self.model),
-                    policy=Policy(settings=s, store=self.store, actuator=self.actuator),
-                )
+                scorer = fresh()
         position = scorer.scored_rowid
         # One durable consumer per partition, re-created at the checkpoint's position by
         # each new owner (the previous owner's acknowledgements say nothing about what its
