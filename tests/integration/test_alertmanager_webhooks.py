@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from predictor.api import create_app
 from predictor.config import Settings
 from predictor.service import Runtime
+from tests.server_process import stop_process
 
 pytestmark = pytest.mark.integration
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -144,9 +145,4 @@ def test_real_alertmanager_webhooks_become_failure_and_recovery_events(
             assert len(events_of("failure")) == 1
             am.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+            stop_process(proc)

@@ -21,6 +21,7 @@ from predictor.actuators.haproxy import parse_servers_state, weight_for_risk
 from predictor.config import Settings
 from predictor.policy import Policy
 from predictor.store import SQLiteStore
+from tests.server_process import stop_process
 
 pytestmark = pytest.mark.integration
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
@@ -116,12 +117,7 @@ def haproxy(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[HAProxy]:
                 time.sleep(0.1)
         yield HAProxy(str(sock), f"127.0.0.1:{admin_port}", f"http://127.0.0.1:{port}/")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
         for server, thread in backends.values():
             server.shutdown()
             server.server_close()

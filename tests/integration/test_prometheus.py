@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from predictor.api import create_app
 from predictor.config import Settings
 from predictor.service import Runtime
+from tests.server_process import stop_process
 
 pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")
@@ -143,9 +144,4 @@ def test_remote_write_from_real_prometheus_is_stored_and_scored(
             stored = runtime.store.samples_frame()
             assert all(math.isfinite(v) for v in stored.value)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+            stop_process(proc)
