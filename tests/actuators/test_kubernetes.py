@@ -10,7 +10,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,6 +23,7 @@ from predictor.actuators.kubernetes import KubernetesActuator, api_client_from
 from predictor.config import Settings
 from predictor.policy import Policy
 from predictor.store import SQLiteStore
+from tests.server_process import serving
 
 PDB_MESSAGE = "Cannot evict pod as it would violate the pod's disruption budget."
 EVICTION = "application/json"
@@ -133,11 +134,6 @@ def api() -> Iterator[FakeAPI]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     fake.nodes = {n: {"spec": {}} for n in ("node-1", "node-2", "node-9")}
     fake.pods = [
         pod("web-a", "node-1"),
@@ -146,12 +142,8 @@ def api() -> Iterator[FakeAPI]:
         pod("kube-proxy-node-1", "node-1", namespace="kube-system", owner="Node", mirror=True),
         pod("web-c", "node-2"),
     ]
-    try:
+    with serving(Handler) as fake.url:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 class FakeClock:

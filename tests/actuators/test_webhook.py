@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from predictor.actuators import (
 from predictor.config import Settings
 from predictor.policy import Policy
 from predictor.store import SQLiteStore
+from tests.server_process import serving
 
 TS = 1_764_115_200.0  # 2025-11-26T00:00:00Z
 
@@ -65,16 +65,9 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
+    with serving(Handler) as url:
+        rec.url = f"{url}/hook"
         yield rec
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def request(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 
 from predictor.ingest.prober import probe_once
+from tests.server_process import serving
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -21,19 +21,13 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def test_probe_records_up_down_and_latency_for_each_node() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    targets = {"good": f"{base}/ok", "sick": f"{base}/bad", "gone": "http://127.0.0.1:9/"}
-
-    async def run():
+    async def run(targets: dict[str, str]):
         async with httpx.AsyncClient() as client:
             return await probe_once(targets, client=client, timeout_s=2.0)
 
-    try:
-        batch = asyncio.run(run())
-    finally:
-        server.shutdown()
+    with serving(Handler) as base:
+        targets = {"good": f"{base}/ok", "sick": f"{base}/bad", "gone": "http://127.0.0.1:9/"}
+        batch = asyncio.run(run(targets))
     frame = batch.to_frame().pivot(index="node", columns="metric", values="value")
     assert frame.loc["good", "probe_up"] == 1.0
     assert frame.loc["sick", "probe_up"] == 0.0

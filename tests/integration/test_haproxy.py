@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from predictor.actuators.haproxy import parse_servers_state, weight_for_risk
 from predictor.config import Settings
 from predictor.policy import Policy
 from predictor.store import SQLiteStore
-from tests.server_process import stop_process
+from tests.server_process import serving, stop_process
 
 pytestmark = pytest.mark.integration
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
@@ -67,7 +67,9 @@ class HAProxy:
             return {client.get(self.url).text for _ in range(requests)}
 
 
-def _backend(name: str) -> tuple[ThreadingHTTPServer, threading.Thread]:
+def _backend(name: str) -> type[BaseHTTPRequestHandler]:
+    """A load-balanced server that answers with its own name."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             body = name.encode()
@@ -79,20 +81,17 @@ def _backend(name: str) -> tuple[ThreadingHTTPServer, threading.Thread]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    return server, thread
+    return Handler
 
 
 @pytest.fixture
 def haproxy(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[HAProxy]:
-    backends = {name: _backend(name) for name in (*SERVERS, STANDBY)}
+    backends = contextlib.ExitStack()
+    urls = {name: backends.enter_context(serving(_backend(name))) for name in (*SERVERS, STANDBY)}
     lines = [
-        f"    server {name} 127.0.0.1:{server.server_address[1]} weight 100"
+        f"    server {name} {url.removeprefix('http://')} weight 100"
         + (" disabled" if name == STANDBY else "")
-        for name, (server, _) in backends.items()
+        for name, url in urls.items()
     ]
     sock, admin_port, port = tmp_path / "admin.sock", free_port(), free_port()
     cfg = tmp_path / "haproxy.cfg"
@@ -118,10 +117,7 @@ def haproxy(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[HAProxy]:
         yield HAProxy(str(sock), f"127.0.0.1:{admin_port}", f"http://127.0.0.1:{port}/")
     finally:
         stop_process(proc, timeout_s=10)
-        for server, thread in backends.values():
-            server.shutdown()
-            server.server_close()
-            thread.join()
+        backends.close()
 
 
 def frame(node: str, ts: float, risk: float) -> pd.DataFrame:

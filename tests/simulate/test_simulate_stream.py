@@ -7,13 +7,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
 
 from predictor.simulate import FleetSpec, simulate, stream_to_api
 from predictor.simulate.stream import MAX_BATCH
+from tests.server_process import serving
 
 SPEC = FleetSpec(nodes=6, pools=2, duration_s=3 * 3600, seed=5, failure_rate_per_node_day=12)
 
@@ -62,13 +63,8 @@ def api() -> Iterator[FakeApi]:
         def log_message(self, *args: object) -> None:  # keep test output quiet
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as fake.url:
+        yield fake
 
 
 def test_streams_every_sample_and_event_through_503s(api: FakeApi) -> None:
