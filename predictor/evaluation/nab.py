@@ -271,6 +271,7 @@ def run_corpus(
     out_dir: Path | str,
     name: str,
     score_fn: ScoreFn | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> Path:
     """Stream every corpus series through ``score_fn`` and write NAB results files.
 
@@ -283,6 +284,8 @@ def run_corpus(
     score_fn
         ``(keys, values, ts) -> scores``; scores one step and learns it. Defaults to the
         service's own scoring path (see :func:`default_score_fn`).
+    progress
+        Called now and then with the share of the steps done.
 
     Returns
     -------
@@ -305,6 +308,8 @@ def run_corpus(
     for i in range(longest):
         keys = all_keys[lengths > i]
         scores[keys, i] = score_fn(keys, values[keys, i], ts[keys, i])
+        if progress is not None and (i + 1) % 100 == 0:
+            progress((i + 1) / longest)
     for k, f in enumerate(files):
         n = len(f.values)
         label = np.zeros(n, dtype=np.int64)
@@ -376,6 +381,7 @@ def evaluate_nab(
     detector: str = "ensemble",
     name: str | None = None,
     through_engine: bool = True,
+    progress: Callable[[float], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run ``detector`` over a NAB corpus directory and score it (``make evaluate``).
 
@@ -400,6 +406,7 @@ def evaluate_nab(
         out_dir=out_dir,
         name=name,
         score_fn=score_fn,
+        progress=progress,
     )
     return score_results(
         data_dir=nab_dir / "data", windows_file=windows, results_dir=out_dir, detector=name

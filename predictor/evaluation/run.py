@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import (
@@ -250,48 +249,16 @@ def evaluate_case(
 def run_nab(
     *, nab_dir: Path, results_dir: Path, report: Callable[[float], None]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Our ``ensemble`` through the engine on NAB, plus our scoring of the reference results.
-
-    The same steps as :func:`~predictor.evaluation.nab.evaluate_nab`, with the score
-    function wrapped to report progress.
-    """
-    from predictor.evaluation.nab import (
-        default_score_fn,
-        load_corpus,
-        load_windows,
-        run_corpus,
-        score_results,
-    )
+    """Our ``ensemble`` through the engine on NAB, plus our scoring of the reference results."""
+    from predictor.evaluation.nab import evaluate_nab, score_results
 
     windows = nab_dir / "labels" / "combined_windows.json"
-    names = list(load_windows(windows))
-    corpus = load_corpus(data_dir=nab_dir / "data", windows_file=windows)
-    longest = max(len(f.values) for f in corpus)
-    inner = default_score_fn(names, NAB_DETECTOR)
-    calls = 0
-
-    def score_fn(keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        nonlocal calls
-        calls += 1
-        if calls % 100 == 0:
-            report(0.95 * calls / longest)
-        return inner(keys, values, ts)
-
-    run_corpus(
-        data_dir=nab_dir / "data",
-        windows_file=windows,
-        out_dir=results_dir,
-        name=NAB_DETECTOR,
-        score_fn=score_fn,
-    )
     out = {
-        NAB_DETECTOR: score_results(
-            data_dir=nab_dir / "data",
-            windows_file=windows,
-            results_dir=results_dir,
-            detector=NAB_DETECTOR,
+        NAB_DETECTOR: evaluate_nab(
+            nab_dir=nab_dir, out_dir=results_dir, detector=NAB_DETECTOR,
+            progress=lambda done: report(0.95 * done),
         )
-    }
+    }  # fmt: skip
     for reference in REFERENCE_DETECTORS:
         if (nab_dir / "reference_results" / reference).exists():
             out[reference] = score_results(
