@@ -173,20 +173,16 @@ def scoring_lag_rows(*, runtime: Runtime) -> int:
     return max(0, runtime.store.last_sample_rowid() - scored)
 
 
-def ingest_json(*, runtime: Runtime, body: bytes) -> int:
-    s = runtime.settings
-    limits = Limits(
-        max_samples=s.max_samples_per_request, now=time.time(),
-        future_tolerance_s=s.future_tolerance_s,
-    )  # fmt: skip
-    return ingest_samples(runtime=runtime, batch=parse_metrics_json(body, limits))
-
-
 def _limits(settings: Settings) -> Limits:
     return Limits(
         max_samples=settings.max_samples_per_request, now=time.time(),
         future_tolerance_s=settings.future_tolerance_s,
     )  # fmt: skip
+
+
+def ingest_json(*, runtime: Runtime, body: bytes) -> int:
+    batch = parse_metrics_json(body, _limits(runtime.settings))
+    return ingest_samples(runtime=runtime, batch=batch)
 
 
 def ingest_remote_write(*, runtime: Runtime, body: bytes) -> int:
