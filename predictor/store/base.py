@@ -35,6 +35,7 @@ ACTION_COLUMNS = (
 # PostgreSQL advisory-lock keys (SQLite has one writer at a time and ignores them).
 DECIDER_LOCK = 0x70726564_01  # transaction(): deciders check and take budgets one at a time
 APPEND_LOCK = 0x70726564_02  # append_samples: log positions follow commit order
+LAST_POSITION = "SELECT coalesce(max(position), 0) FROM sample_batches"  # the log's end
 LIVE_KEYS_TTL_S = 1.0  # how stale the live API keys a request is checked against may be
 MIGRATION_LOCK = 0x70726564_03  # schema migrations: one process migrates, the others wait
 
@@ -206,9 +207,7 @@ class Store(ABC):
         with self._begin(APPEND_LOCK) as conn:
             if rows:
                 self._insert_batches(conn, rows)
-            return int(
-                conn.execute("SELECT coalesce(max(position), 0) FROM sample_batches").fetchone()[0]
-            )
+            return int(conn.execute(LAST_POSITION).fetchone()[0])
 
     def samples_after(self, rowid: int, limit: int) -> tuple[SampleBatch, int]:
         """Whole batches after log position ``rowid``, starting within ``limit`` samples of
@@ -223,7 +222,7 @@ class Store(ABC):
         return SampleBatch.concat([_decode(*row[1:]) for row in rows]), int(rows[-1][0])
 
     def last_sample_rowid(self) -> int:
-        return int(self._query("SELECT coalesce(max(position), 0) FROM sample_batches")[0][0])
+        return int(self._query(LAST_POSITION)[0][0])
 
     def forget_before(self, *, ts: float, position: int) -> int:
         """Delete sample batches whose samples are all older than ``ts`` and that lie at or

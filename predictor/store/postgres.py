@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import psycopg
 
-from predictor.store.base import BatchRow, Connection, Cursor, GroupCommit, Store
+from predictor.store.base import LAST_POSITION, BatchRow, Connection, Cursor, GroupCommit, Store
 from predictor.store.migrations import POSTGRES
 
 # Where COPY lands a batch before it joins the log; ``i`` keeps the batch's order.
@@ -114,7 +114,7 @@ class PostgresStore(Store):
             # Each new key once (the first), positions as running sums in arrival order.
             cursor.execute(
                 f"INSERT INTO sample_batches (position, {BATCH_COLUMNS})"
-                " SELECT (SELECT coalesce(max(position), 0) FROM sample_batches)"
+                f" SELECT ({LAST_POSITION})"
                 f" + sum(n) OVER (ORDER BY i), {BATCH_COLUMNS} FROM ("
                 "  SELECT DISTINCT ON (batch_key) * FROM batches_in AS b WHERE NOT EXISTS"
                 "  (SELECT 1 FROM sample_batches AS s WHERE s.batch_key = b.batch_key)"

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from predictor.store.base import BatchRow, Connection, GroupCommit, Store
+from predictor.store.base import LAST_POSITION, BatchRow, Connection, GroupCommit, Store
 from predictor.store.migrations import SQLITE
 
 
@@ -82,9 +82,7 @@ class SQLiteStore(Store):
 
     def _insert_batches(self, conn: Connection, rows: list[BatchRow]) -> None:
         # One writer at a time (BEGIN IMMEDIATE): the position read here stays the last.
-        position = int(
-            conn.execute("SELECT coalesce(max(position), 0) FROM sample_batches").fetchone()[0]
-        )
+        position = int(conn.execute(LAST_POSITION).fetchone()[0])
         for key, n, min_ts, max_ts, names, ts, value in rows:
             cursor = conn.execute(
                 "INSERT INTO sample_batches (position, batch_key, n, min_ts, max_ts, names, ts,"
