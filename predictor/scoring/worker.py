@@ -92,8 +92,7 @@ class Worker:
                         # Its consumer may have handed out messages it never scored: give
                         # the partition back; whoever takes it re-reads from the checkpoint.
                         logger.exception("partition %d: step failed; releasing", part.number)
-                        await self._drop(part)
-                        self.store.release_lease(partition=part.number, worker=self.id)
+                        await self._release(part, checkpoint=False)
                 await self._checkpoint_due()
                 if not scored:
                     with contextlib.suppress(TimeoutError):
@@ -201,9 +200,10 @@ class Worker:
         with contextlib.suppress(Exception):
             await part.subscription.unsubscribe()
 
-    async def _release(self, part: OwnedPartition) -> None:
+    async def _release(self, part: OwnedPartition, *, checkpoint: bool = True) -> None:
         """Checkpoint, then give the lease back so another worker can take it at once."""
-        await asyncio.to_thread(self._checkpoint, part)
+        if checkpoint:
+            await asyncio.to_thread(self._checkpoint, part)
         await self._drop(part)
         self.store.release_lease(partition=part.number, worker=self.id)
         self.held.pop(part.number, None)
