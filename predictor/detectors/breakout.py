@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from predictor.detectors.base import OnlineDetector, grow
-from predictor.detectors.sustained import _DOWN, _UP, Sustained
+from predictor.detectors.sustained import _DOWN, _SINCE, _UP, Sustained
 
 # Per-series state columns of the envelope.
 _N, _LO, _HI = range(3)
@@ -43,7 +43,8 @@ class Breakout(OnlineDetector):
         Per sample, the envelope's ends move this share of its width towards each other
         (old extremes fade over about ``1 / shrink`` samples).
     warmup
-        Samples before a series' envelope may declare a breakout.
+        Samples before a series' envelope may declare a breakout, at its start and after
+        each silence (see :class:`Sustained`).
     hold
         Above this share of the trend threshold the envelope stops learning: a ramp
         must not widen the range it is about to break before it is noticed. Lower
@@ -91,7 +92,10 @@ class Breakout(OnlineDetector):
         first = n == 0
         width = hi - lo
         beyond = np.maximum(x - hi, lo - x)
-        breaking = (n >= self.warmup) & (beyond > self.margin * width) & (width > 0)
+        # Counted since the series' last restart: a node back from a reboot climbs back
+        # to its level from below the range, which is no breakout.
+        warm = np.minimum(n, columns[_SINCE]) >= self.warmup
+        breaking = warm & (beyond > self.margin * width) & (width > 0)
         trend = np.maximum(columns[_UP], columns[_DOWN])
         early = np.where(breaking, trend / (self.fraction * inner.h), 0.0)
         score = np.clip(np.maximum(base, early), 0.0, 1.0)

@@ -10,8 +10,8 @@ import numpy as np
 from predictor.detectors.base import OnlineDetector, grow_columns, row_blocks, rows_of
 
 # Per-series state, one row per quantity (columnar: a fleet's column is contiguous).
-_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE = range(12)
-_STATE = 12
+_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE = range(13)
+_STATE = 13
 # Mean |diff| of white noise is 2/sqrt(pi) sigma; sigma of an EW mean of diffs ~ alpha sigma.
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
@@ -51,7 +51,8 @@ class Sustained(OnlineDetector):
     gap_k, gap_clip, gap_h
         The same for missed samples.
     warmup
-        Samples before a series may score.
+        Samples before a series may score, at its start and again after a silence: a
+        node back from a reboot refills its memory and caches, a ramp it shows every time.
     rate_clip
         Rates are clipped to this many times the series' typical absolute rate.
     reset_gaps
@@ -100,6 +101,9 @@ class Sustained(OnlineDetector):
         # Checkpoints from before the columnar layout kept one row per series.
         if "state_" in state:
             state["columns_"] = np.ascontiguousarray(state.pop("state_").T)
+        columns = state["columns_"]
+        if len(columns) == _SINCE:  # before restarts were counted: none since the start
+            state["columns_"] = np.vstack([columns, columns[_N]])
         self.__dict__.update(state)
 
     def _step(self, s: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -151,8 +155,10 @@ class Sustained(OnlineDetector):
         z = g - mu_prev
         z /= scale
         np.clip(z, -self.clip, self.clip, out=z)
-        idle = n < self.warmup
-        idle |= silent
+        since = s[_SINCE]
+        if any_restart:
+            since[restart] = 0.0
+        idle = since < self.warmup
         up = s[_UP] + z
         up -= self.k
         np.maximum(up, 0.0, out=up)
@@ -212,6 +218,7 @@ class Sustained(OnlineDetector):
         s[_DOWN] = down
         s[_MISS] = miss
         n += 1
+        since += 1
         score = np.divide(peak, self.h, out=peak)
         np.maximum(score, miss / self.gap_h, out=score)
         return np.clip(score, 0.0, 1.0, out=score)

@@ -67,6 +67,8 @@ class EngineState:
     series_metric: list[str] = field(default_factory=list)
     series_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # The evidence_step_s bucket of the sample each series last fed its evidence detectors.
+    series_evidence_bucket: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -74,6 +76,12 @@ class EngineState:
     detectors: list[OnlineDetector] = field(default_factory=list)
     evidence_detectors: list[OnlineDetector] = field(default_factory=list)
     scored_rowid: int = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints from before evidence_step_s fed every sample: start each bucket anew.
+        if "series_evidence_bucket" not in state:
+            state["series_evidence_bucket"] = np.full(len(state["series_evidence"]), -np.inf)
+        self.__dict__.update(state)
 
 
 class ScoringEngine:
@@ -140,6 +148,7 @@ class ScoringEngine:
         n_series, n_nodes = len(st.series_ids), len(st.node_ids)
         st.series_score = grow(st.series_score, n_series)
         st.series_evidence = grow(st.series_evidence, n_series)
+        st.series_evidence_bucket = grow(st.series_evidence_bucket, n_series, fill=-np.inf)
         st.features.ensure(n_series)
         for name in ("node_ts", "node_risk", "node_risk_mean"):
             setattr(st, name, grow(getattr(st, name), n_nodes))
@@ -205,11 +214,25 @@ class ScoringEngine:
                 fused = np.maximum(fused, detector.score_learn_many(sk, sx, stt))
             out[sub] = fused
             st.series_score[sk] = fused
-            evidence = np.zeros(len(sub))
-            for detector in st.evidence_detectors:
-                evidence = np.maximum(evidence, detector.score_learn_many(sk, sx, stt))
-            st.series_evidence[sk] = evidence
+            if st.evidence_detectors:
+                self._fold_evidence(sk, sx, stt)
         return np.concatenate(folded) if folded else np.zeros(0, dtype=np.int64)
+
+    def _fold_evidence(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+        """Feed the evidence detectors the samples that open a new evidence_step_s bucket."""
+        st, step = self.state, self.settings.evidence_step_s
+        if step > 0:
+            bucket = np.floor(ts / step)
+            fresh = bucket > st.series_evidence_bucket[keys]
+            if not fresh.all():
+                keys, values, ts, bucket = keys[fresh], values[fresh], ts[fresh], bucket[fresh]
+            st.series_evidence_bucket[keys] = bucket
+        if not len(keys):
+            return
+        evidence = np.zeros(len(keys))
+        for detector in st.evidence_detectors:
+            evidence = np.maximum(evidence, detector.score_learn_many(keys, values, ts))
+        st.series_evidence[keys] = evidence
 
     def _evaluate(
         self, node_ids: np.ndarray, rows: np.ndarray, nodes: np.ndarray, ts: np.ndarray

@@ -49,3 +49,17 @@ def test_scoring_before_learning_matches_score_learn() -> None:
         x, t = np.array([v]), np.array([60.0 * i])
         assert a.score_many(keys, x, t)[0] == b.score_learn_many(keys, x, t)[0]
         a.learn_many(keys, x, t)
+
+
+def test_a_node_climbing_back_after_a_reboot_is_no_breakout() -> None:
+    # Memory after a reboot: silence, then a climb from below the range back to its level.
+    values = baseline(600) + 0.2
+    noise = 0.01 * np.random.default_rng(3).standard_normal(30)
+    values[420:450] = np.linspace(0.2, 0.6, 30) + noise
+    ts = 60.0 * np.arange(600)
+    keep = np.ones(600, dtype=bool)
+    keep[400:420] = False  # down for 20 minutes
+    scores = feed(Breakout(), values[keep], ts[keep])
+    assert scores.max() < 0.8
+    # The same climb without the silence is a breakout (a series never seen that low).
+    assert feed(Breakout(), values).max() >= 0.8

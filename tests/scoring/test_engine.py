@@ -52,6 +52,23 @@ def test_replay_in_one_batch_equals_live_step_by_step(settings: Settings) -> Non
     pd.testing.assert_frame_equal(a[[*key, "risk", "online"]], b[[*key, "risk", "online"]])
 
 
+def test_evidence_sees_one_sample_per_evidence_step_whatever_the_scrape_interval(
+    settings: Settings,
+) -> None:
+    """A 10 s scrape gives the evidence detectors the series a 60 s scrape would."""
+    rng = np.random.default_rng(2)
+    ts = 10.0 * np.arange(1800)
+    values = 0.3 + 0.01 * rng.standard_normal(len(ts)) + np.where(ts > 12000, (ts - 12000) / 2e4, 0)
+    every_minute = ts % 60 == 0
+    evidence = []
+    for keep in (np.ones(len(ts), dtype=bool), every_minute):
+        engine = ScoringEngine(settings=settings.model_copy(update={"evidence_step_s": 60.0}))
+        n = int(keep.sum())
+        engine.process(SampleBatch.from_columns(["n0"] * n, ["m"] * n, ts[keep], values[keep]))
+        evidence.append(engine.state.series_evidence[0])
+    assert evidence[0] == evidence[1] > 0.5  # the ramp was seen, the same way
+
+
 def test_out_of_order_sample_is_scored_zero_and_changes_nothing(settings: Settings) -> None:
     engine = ScoringEngine(settings=settings)
     engine.process(SampleBatch.from_frame(steady_fleet(30, nodes=1)))
