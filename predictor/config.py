@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     # Detectors whose score is accumulated evidence (a sustained trend, growing gaps): they
     # enter risk at full weight, see predictor.scoring.engine.
     evidence_detectors: list[str] = ["breakout"]
-    # Evidence detectors see one sample per series per this many seconds (the first in
-    # each bucket): their windows count samples, and a trend unfolds over minutes, so a
+    # Evidence detectors see a series' samples about this many seconds apart (at most one
+    # per 0.9 of it): their windows count samples, and a trend unfolds over minutes, so a
     # 10 s or a 60 s scrape interval gives them the same series. 0 feeds every sample.
     evidence_step_s: float = 60.0
     eval_step_s: float = 10.0  # event-time bucket in which a node is evaluated once

@@ -67,8 +67,8 @@ class EngineState:
     series_metric: list[str] = field(default_factory=list)
     series_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    # The evidence_step_s bucket of the sample each series last fed its evidence detectors.
-    series_evidence_bucket: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # When each series last fed its evidence detectors (see evidence_step_s).
+    series_evidence_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -78,9 +78,9 @@ class EngineState:
     scored_rowid: int = 0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # Checkpoints from before evidence_step_s fed every sample: start each bucket anew.
-        if "series_evidence_bucket" not in state:
-            state["series_evidence_bucket"] = np.full(len(state["series_evidence"]), -np.inf)
+        # Checkpoints from before evidence_step_s: every series may feed its next sample.
+        if "series_evidence_ts" not in state:
+            state["series_evidence_ts"] = np.full(len(state["series_evidence"]), -np.inf)
         self.__dict__.update(state)
 
 
@@ -148,7 +148,7 @@ class ScoringEngine:
         n_series, n_nodes = len(st.series_ids), len(st.node_ids)
         st.series_score = grow(st.series_score, n_series)
         st.series_evidence = grow(st.series_evidence, n_series)
-        st.series_evidence_bucket = grow(st.series_evidence_bucket, n_series, fill=-np.inf)
+        st.series_evidence_ts = grow(st.series_evidence_ts, n_series, fill=-np.inf)
         st.features.ensure(n_series)
         for name in ("node_ts", "node_risk", "node_risk_mean"):
             setattr(st, name, grow(getattr(st, name), n_nodes))
@@ -219,14 +219,15 @@ class ScoringEngine:
         return np.concatenate(folded) if folded else np.zeros(0, dtype=np.int64)
 
     def _fold_evidence(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
-        """Feed the evidence detectors the samples that open a new evidence_step_s bucket."""
+        """Feed the evidence detectors the samples at least ~evidence_step_s after the last fed."""
         st, step = self.state, self.settings.evidence_step_s
         if step > 0:
-            bucket = np.floor(ts / step)
-            fresh = bucket > st.series_evidence_bucket[keys]
+            # 0.9: a 60 s scrape that comes a little early is still fed (fixed buckets would
+            # drop such a sample now and then, and the gap would read as a missed scrape).
+            fresh = ts - st.series_evidence_ts[keys] >= 0.9 * step
             if not fresh.all():
-                keys, values, ts, bucket = keys[fresh], values[fresh], ts[fresh], bucket[fresh]
-            st.series_evidence_bucket[keys] = bucket
+                keys, values, ts = keys[fresh], values[fresh], ts[fresh]
+            st.series_evidence_ts[keys] = ts
         if not len(keys):
             return
         evidence = np.zeros(len(keys))

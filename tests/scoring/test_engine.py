@@ -69,6 +69,19 @@ def test_evidence_sees_one_sample_per_evidence_step_whatever_the_scrape_interval
     assert evidence[0] == evidence[1] > 0.5  # the ramp was seen, the same way
 
 
+def test_a_scrape_at_the_evidence_step_with_jitter_feeds_every_sample(settings: Settings) -> None:
+    # A 60 s scrape a little early or late around whole minutes: no sample may be skipped
+    # (a skipped one would read as a missed scrape).
+    ts = 60.0 * np.arange(1, 600) + np.random.default_rng(4).uniform(-0.5, 0.5, 599)
+    values = 0.3 + 0.01 * np.random.default_rng(5).standard_normal(len(ts))
+    detector_states = []
+    for step in (60.0, 0.0):
+        engine = ScoringEngine(settings=settings.model_copy(update={"evidence_step_s": step}))
+        engine.process(SampleBatch.from_columns(["n0"] * len(ts), ["m"] * len(ts), ts, values))
+        detector_states.append(engine.state.evidence_detectors[0].inner_.columns_[:, 0])
+    np.testing.assert_array_equal(*detector_states)
+
+
 def test_out_of_order_sample_is_scored_zero_and_changes_nothing(settings: Settings) -> None:
     engine = ScoringEngine(settings=settings)
     engine.process(SampleBatch.from_frame(steady_fleet(30, nodes=1)))
