@@ -153,12 +153,14 @@ class Server:
 
 
 @contextmanager
-def running_server(workdir: Path, *, split: bool = False, **settings: str) -> Iterator[Server]:
+def running_server(
+    workdir: Path, *, split: bool = False, api_workers: int = 1, **settings: str
+) -> Iterator[Server]:
     """Start the API and scorer in a subprocess on a free port; stop it afterwards.
 
-    ``split``: an ``--role api`` process and a ``--role scorer`` process on the one store
-    (ingest and scoring on different cores). ``settings`` become ``PREDICTOR_<NAME>``
-    environment variables of the server.
+    ``split``: an ``--role api`` process (``api_workers`` of them) and a ``--role scorer``
+    process on the one store (ingest and scoring on different cores). ``settings`` become
+    ``PREDICTOR_<NAME>`` environment variables of the server.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -172,6 +174,7 @@ def running_server(workdir: Path, *, split: bool = False, **settings: str) -> It
     command = [
         sys.executable, "-m", "uvicorn", "predictor.api.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--workers", str(api_workers),
     ]  # fmt: skip
     scorer = None
     if split:

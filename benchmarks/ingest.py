@@ -62,9 +62,12 @@ def bench_ingest(
     }
     bodies = json_bodies(batch, per_request)
     # "json": one process (API + scorer, the default); "json_split": `--role api` with a
-    # `--role scorer` process beside it, so the API process only parses and commits.
-    for kind, split in (("json", False), ("json_split", True)):
-        with running_server(workdir / kind, split=split) as server:
+    # `--role scorer` process beside it, so the API process only parses and commits;
+    # "json_split_2": the same with two API worker processes (PREDICTOR_API_WORKERS=2).
+    for kind, split, api_workers in (
+        ("json", False, 1), ("json_split", True, 1), ("json_split_2", True, 2)
+    ):
+        with running_server(workdir / kind, split=split, api_workers=api_workers) as server:
             stats = send_all(
                 server.base_url, "/v1/metrics", bodies,
                 headers={"Content-Type": "application/json"}, connections=connections,

@@ -109,8 +109,9 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
              f"{ing['floor']['samples_per_s']:,.0f} samples/s", "1 (baseline)", "")
         )  # fmt: skip
         labels = {"json": "json", "json_split": "json (api process + scorer process)",
+                  "json_split_2": "json (2 api processes + scorer process)",
                   "remote_write": "remote_write"}  # fmt: skip
-        for kind in ("json", "json_split", "remote_write"):
+        for kind in labels:
             if fig := ing.get(kind):
                 rows.append(
                     (f"ingest {labels[kind]}, HTTP, 1k samples/request, to commit",

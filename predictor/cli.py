@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,10 +94,24 @@ def serve(
         extra={"host": settings.host, "port": settings.port, "db": str(settings.db)},
     )  # fmt: skip
     # log_config=None: uvicorn's loggers propagate to the one root handler (JSON or text).
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-        log_config=None,
-    )  # fmt: skip
+    common: dict[str, Any] = dict(
+        host=settings.host, port=settings.port, log_level="warning", log_config=None
+    )
+    if settings.api_workers > 1:
+        # Each worker process builds its app from the environment: hand this command's
+        # options on, so that every worker serves the same store.
+        os.environ.update(
+            PREDICTOR_ROLE=settings.role, PREDICTOR_DB=str(settings.db),
+            PREDICTOR_MODELS_DIR=str(settings.models_dir),
+        )  # fmt: skip
+        if settings.database_url is None:
+            os.environ.pop("PREDICTOR_DATABASE_URL", None)
+        uvicorn.run(
+            "predictor.api.app:create_worker_app", factory=True,
+            workers=settings.api_workers, **common,
+        )  # fmt: skip
+        return
+    uvicorn.run(create_app(settings), **common)
 
 
 def load_history(

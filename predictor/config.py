@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # a stream commits to the store and a "scorer" process follows it (two cores, one
     # machine); "api" with nats_url publishes to the stream, whose partitions "worker"s own.
     role: Literal["all", "api", "scorer", "worker"] = "all"
+    # Processes serving an "api" role's HTTP port (uvicorn workers): ingest parses JSON and
+    # protobuf in Python, one core per process.
+    api_workers: int = Field(default=1, ge=1)
     nats_url: str | None = None  # e.g. nats://127.0.0.1:4222; required by the api/worker roles
     stream_name: str = "predictor-samples"
     stream_subject: str = "predictor.samples"  # partition p is published to <subject>.<p>
@@ -131,6 +134,15 @@ class Settings(BaseSettings):
     # Access (API keys live hashed in the store; see predictor/auth.py)
     # A documented admin key for local work, accepted only when env == "dev"; "" turns it off.
     dev_api_key: str | None = "dev"
+
+    @model_validator(mode="after")
+    def _workers_need_the_api_role(self) -> Settings:
+        if self.api_workers > 1 and self.role != "api":
+            raise ValueError(
+                "api_workers > 1 needs role 'api' (role 'all' scores inside the API process;"
+                " run a 'scorer' or scale-out workers beside the API processes)"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

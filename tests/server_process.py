@@ -98,7 +98,7 @@ class ServerProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*cmd, *(["--db", str(self.db)] if self.db else []), "--role", self.role],
-                env=self.env, stdout=log, stderr=log,
+                env=self.env, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         if self.role in ("worker", "scorer"):
             return  # no HTTP: the test watches what it writes to the store
@@ -128,6 +128,11 @@ class ServerProcess:
             time.sleep(0.1)
         raise AssertionError(f"scorer did not catch up: {status}")
 
+    def children(self) -> list[int]:
+        """Process ids of the server's child processes (e.g. API workers)."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(pid) for pid in path.read_text().split()]
+
     def rss_kib(self) -> int:
         """Resident set size of the server process, from /proc/<pid>/status."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -138,7 +143,7 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, like a crash or the OOM killer."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)  # with any worker processes it started
             self.proc.wait(timeout=30)
 
     def terminate(self, timeout_s: float = 120.0) -> int:

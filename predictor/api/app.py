@@ -17,6 +17,16 @@ from predictor.config import Settings, get_settings
 from predictor.ingest.prober import run_prober
 
 
+def create_worker_app() -> FastAPI:
+    """The app of one of several API worker processes (``api_workers``), set up from the
+    environment as ``predictor serve`` left it."""
+    from predictor.logging_setup import configure_logging
+
+    settings = get_settings()
+    configure_logging(json_lines=settings.log_json)
+    return create_app(settings)
+
+
 def create_app(settings: Settings | None = None, runtime: service.Runtime | None = None) -> FastAPI:
     """Build the app; the runtime starts with it and stops (flushed, checkpointed) with it."""
 
