@@ -132,13 +132,14 @@ class ScoringEngine:
             start = len(st.series_ids)
             new_keys = np.arange(start, start + len(new))
             keys[missing] = new_keys[new_codes]
-            node_names, metric_names = list(st.node_ids), list(st.metric_ids)
             new_node, new_metric = new >> 32, new & 0xFFFFFFFF
-            for key, n_id, m_id in zip(
-                new_keys.tolist(), new_node.tolist(), new_metric.tolist(), strict=True
-            ):
-                st.series_ids[(node_names[n_id], metric_names[m_id])] = key
-                st.series_metric.append(metric_names[m_id])
+            # Names by array lookups and the dict filled by zip: a fleet's first scrape
+            # registers millions of series, too many for a Python loop per series.
+            node_of = np.array(list(st.node_ids), dtype=object)[new_node].tolist()
+            metric_of = np.array(list(st.metric_ids), dtype=object)[new_metric].tolist()
+            pairs = zip(node_of, metric_of, strict=True)
+            st.series_ids.update(zip(pairs, new_keys.tolist(), strict=True))
+            st.series_metric.extend(metric_of)
             st.series_node = grow(st.series_node, start + len(new))
             st.series_node[start : start + len(new)] = new_node
             packed_all = np.concatenate([st.packed_sorted, new])
