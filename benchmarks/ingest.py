@@ -65,7 +65,9 @@ def bench_ingest(
     # `--role scorer` process beside it, so the API process only parses and commits;
     # "json_split_2": the same with two API worker processes (PREDICTOR_API_WORKERS=2).
     for kind, split, api_workers in (
-        ("json", False, 1), ("json_split", True, 1), ("json_split_2", True, 2)
+        ("json", False, 1),
+        ("json_split", True, 1),
+        ("json_split_2", True, 2),
     ):
         with running_server(workdir / kind, split=split, api_workers=api_workers) as server:
             stats = send_all(
