@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,3 +124,22 @@ def test_engine_features_equal_the_training_snapshots() -> None:
     assert len(online) == len(snaps.ts)
     for node, ts, x in zip(snaps.nodes, snaps.ts, snaps.X, strict=True):
         np.testing.assert_allclose(online[(node, ts)], x, rtol=1e-7, atol=1e-9, equal_nan=True)
+
+
+def test_a_checkpoint_from_before_restart_counts_and_evidence_sampling_loads(
+    settings: Settings,
+) -> None:
+    engine = ScoringEngine(settings=settings)
+    engine.process(SampleBatch.from_frame(steady_fleet(40)))
+    state = engine.state
+    # What an older version wrote: no last-fed times, no restart count in the detector.
+    del state.__dict__["series_evidence_ts"]
+    inner = state.evidence_detectors[0].inner_
+    inner.columns_ = inner.columns_[:-1].copy()
+    restored = pickle.loads(pickle.dumps(state))
+    assert np.isneginf(restored.series_evidence_ts).all()
+    since = restored.evidence_detectors[0].inner_.columns_[-1]
+    np.testing.assert_array_equal(since, restored.evidence_detectors[0].inner_.columns_[0])
+    engine.state = restored
+    later = steady_fleet(41).query("ts == 2400.0")
+    assert len(engine.process(SampleBatch.from_frame(later)).risk) == 4
