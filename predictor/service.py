@@ -359,28 +359,6 @@ def health(*, runtime: Runtime) -> dict[str, Any]:
     }
 
 
-__all__ = [
-    "EVENT_KINDS",
-    "IngestError",
-    "Overloaded",
-    "Runtime",
-    "fleet_risk",
-    "health",
-    "ingest_json",
-    "ingest_otlp",
-    "ingest_remote_write",
-    "ingest_samples",
-    "ingest_slot",
-    "node_history",
-    "node_risk",
-    "put_node",
-    "run_scorer",
-    "scoring_lag_rows",
-    "record_events",
-    "undrain_node",
-]
-
-
 def run_scorer(settings: Settings) -> None:
     """``predictor serve --role scorer``: follow the store's log until SIGTERM/SIGINT.
 
@@ -401,3 +379,25 @@ def run_scorer(settings: Settings) -> None:
             pass
     finally:
         runtime.stop()  # scores what was committed, checkpoints
+
+
+__all__ = [
+    "EVENT_KINDS",
+    "IngestError",
+    "Overloaded",
+    "Runtime",
+    "fleet_risk",
+    "health",
+    "ingest_json",
+    "ingest_otlp",
+    "ingest_remote_write",
+    "ingest_samples",
+    "ingest_slot",
+    "node_history",
+    "node_risk",
+    "put_node",
+    "run_scorer",
+    "scoring_lag_rows",
+    "record_events",
+    "undrain_node",
+]
