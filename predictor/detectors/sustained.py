@@ -10,8 +10,8 @@ import numpy as np
 from predictor.detectors.base import OnlineDetector, grow_columns, row_blocks, rows_of
 
 # Per-series state, one row per quantity (columnar: a fleet's column is contiguous).
-_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE = range(13)
-_STATE = 13
+_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE, _FLOOR = range(14)
+_STATE = 14
 # Mean |diff| of white noise is 2/sqrt(pi) sigma; sigma of an EW mean of diffs ~ alpha sigma.
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
@@ -58,7 +58,9 @@ class Sustained(OnlineDetector):
     reset_gaps
         A gap of more than this many typical gaps (a silence) restarts the trend evidence.
     alpha_noise
-        EW weight of the recent size of moves (the noise floor follows it when it grows).
+        EW weight of the recent size of moves. The noise floor rises with it at once but
+        falls only as fast as the slope ``g`` forgets (``alpha``): after a noisy stretch
+        ends with a step (a batch job stops), the step must fade from ``g`` first.
     freeze
         Above this fraction of ``h`` the slope reference learns ten times slower.
     """
@@ -103,7 +105,10 @@ class Sustained(OnlineDetector):
             state["columns_"] = np.ascontiguousarray(state.pop("state_").T)
         columns = state["columns_"]
         if len(columns) == _SINCE:  # before restarts were counted: none since the start
-            state["columns_"] = np.vstack([columns, columns[_N]])
+            columns = np.vstack([columns, columns[_N]])
+        if len(columns) == _FLOOR:  # before the slow-falling floor: it starts at the noise
+            columns = np.vstack([columns, columns[_NOISE]])
+        state["columns_"] = columns
         self.__dict__.update(state)
 
     def _step(self, s: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -132,13 +137,19 @@ class Sustained(OnlineDetector):
         silent &= settled
         restart = first | silent
         any_restart = bool(restart.any())
-        # Winsorised rate: a step counts like one large move, a ramp keeps counting.
+        # The noise may grow with the level (latency under load): clip and floor follow
+        # the larger of the long-run and the recent size of moves.
+        moves_now = np.maximum(abs_prev, s[_FLOOR])
+        # Winsorised rate: a step counts like one large move, a ramp keeps counting. The
+        # clip must stay wide of the noise: clipping most moves of a noisy stretch breaks
+        # the cancelling of consecutive ones, and the slope then wanders like a random walk
+        # several times wider than the floor below assumes.
         rate = x - s[_X]
         rate /= dt
         if any_restart:
             rate[restart] = 0.0
         cap = np.abs(rate)
-        np.copyto(cap, abs_prev, where=settled)
+        np.copyto(cap, moves_now, where=settled)
         cap *= self.rate_clip
         np.clip(rate, -cap, cap, out=rate)
         g = rate - s[_G]
@@ -146,9 +157,7 @@ class Sustained(OnlineDetector):
         g += s[_G]
         if any_restart:
             g[silent] = 0.0
-        # The noise may grow with the level (latency under load): the floor follows the
-        # larger of the long-run and the recent size of moves.
-        scale = np.maximum(abs_prev, s[_NOISE])
+        scale = moves_now
         scale *= self.alpha * _DIFF_TO_SLOPE_SIGMA
         np.maximum(dev_prev * 1.2533, scale, out=scale)
         scale += 1e-12
@@ -212,6 +221,8 @@ class Sustained(OnlineDetector):
         moves = np.abs(rate)
         _ew_update(s[_ABS], moves, a, keep=restart if any_restart else None)
         _ew_update(s[_NOISE], moves, self.alpha_noise, keep=restart if any_restart else None)
+        _ew_update(s[_FLOOR], s[_NOISE], self.alpha)
+        np.maximum(s[_FLOOR], s[_NOISE], out=s[_FLOOR])
         # The gap moments start at the second sample; count them from there.
         _ew_update(s[_GAP], gap_in, a, keep=no_gap)
         s[_UP] = up

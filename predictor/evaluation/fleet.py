@@ -73,11 +73,12 @@ def replay(
     return Replay(actions=actions, risk=risk)
 
 
-def drain_decisions(actions: pd.DataFrame) -> pd.DataFrame:
+def drain_decisions(actions: pd.DataFrame, *, blocked: bool = False) -> pd.DataFrame:
+    """The drains taken (or, with ``blocked``, those a safety limit held back): node, ts."""
     if actions.empty:
         return pd.DataFrame(columns=["node", "ts"])
-    taken = actions[actions["action"].isin(DRAIN_ACTIONS) & (actions["status"] != "blocked")]
-    return taken[["node", "ts"]].sort_values("ts").reset_index(drop=True)
+    chosen = actions["action"].isin(DRAIN_ACTIONS) & ((actions["status"] == "blocked") == blocked)
+    return actions.loc[chosen, ["node", "ts"]].sort_values("ts").reset_index(drop=True)
 
 
 def score_drains(
@@ -85,6 +86,7 @@ def score_drains(
     drains: pd.DataFrame,
     events: pd.DataFrame,
     samples: pd.DataFrame,
+    blocked: pd.DataFrame | None = None,
     match_window_s: float = 6 * 3600.0,
 ) -> dict[str, Any]:
     """Recall of failures preceded by a drain, lead times, and false drains per 1000 node-days.
@@ -96,6 +98,10 @@ def score_drains(
     for a failure without one), also: recall over the failures with a precursor, and lead
     times counting only drains made once the precursor had begun (a drain before that
     foresaw nothing: with many false drains, one lands in the window by chance).
+
+    With ``blocked`` (the drain decisions a safety limit held back), also how many of the
+    missed failures were foreseen but held back, e.g. by the budget while a pool-mate was
+    drained: the detector's miss and the policy's are different fixes.
     """
     failures = failure_leads(drains=drains, events=events, match_window_s=match_window_s)
     per_mode: dict[str, dict[str, Any]] = {}
@@ -114,6 +120,10 @@ def score_drains(
             if caught.any()
             else None,
         }
+    held_back = None
+    if blocked is not None:
+        foreseen = failure_leads(drains=blocked, events=events, match_window_s=match_window_s)
+        held_back = int((failures["lead_s"].isna() & foreseen["lead_s"].notna()).sum())
     caught = failures["lead_s"].dropna()
     leads = caught.to_numpy()
     with_precursor = failures[failures["onset_ts"].notna()]
@@ -131,6 +141,7 @@ def score_drains(
         "precursor_failures": int(len(with_precursor)),
         "precursor_caught": int(with_precursor["lead_s"].notna().sum()),
         "precursor_caught_after_onset": int(len(onset_leads)),
+        "missed_held_back": held_back,
         "median_lead_after_onset_min": float(np.median(onset_leads) / 60)
         if len(onset_leads)
         else None,

@@ -45,16 +45,19 @@ def detector_table(scores: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| detector | failures caught | recall | median lead (min) | p10 lead (min) "
         "| with a precursor: caught | median lead after its onset (min) "
+        "| missed: held back by a safety limit "
         "| drains | false drains | false drains / 1000 node-days |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in scores.items():
         recall = s["caught"] / s["failures"] if s["failures"] else float("nan")
+        held_back = s.get("missed_held_back")  # None: no policy, nothing to hold back
         lines.append(
             f"| {name} | {s['caught']}/{s['failures']} | {_percent(recall)} "
             f"| {_minutes(s['median_lead_min'])} | {_minutes(s['p10_lead_min'])} "
             f"| {s.get('precursor_caught', 0)}/{s.get('precursor_failures', 0)} "
             f"| {_minutes(s.get('median_lead_after_onset_min'))} "
+            f"| {'-' if held_back is None else held_back} "
             f"| {s['drains']} | {s['false_drains']} "
             f"| {s['false_drains_per_1000_node_days']:.0f} |"
         )
@@ -290,7 +293,10 @@ def write_report(
         "The labels say when each failure's precursor began (none for a sudden crash): "
         "'with a precursor' counts those failures only, and 'lead after its onset' counts "
         "only drains made once the precursor had begun — a detector that drains at random "
-        "often has a drain in the 6 h by chance, which says nothing about foresight.",
+        "often has a drain in the 6 h by chance, which says nothing about foresight. "
+        "'Held back by a safety limit' counts the missed failures whose drain was decided "
+        "but blocked (the budget while a pool-mate was drained, a cooldown, the fail-safe): "
+        "foreseen by the detector, stopped by the policy.",
         "",
         f"- Simulated fleets: training seeds {run_info['training_seeds']}, evaluation seeds "
         f"{run_info['evaluation_seeds']} (kept for this report; never used for development).",

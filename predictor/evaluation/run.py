@@ -187,11 +187,13 @@ def simulated_fleet(
 
 def _replay_drains(
     fleet: Fleet, settings: Settings, model: BatchModel | None, report: Callable[[float], None]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The drains taken, the drains a safety limit held back, and the risk of the replay."""
     result = replay(
         samples=fleet.samples, nodes=fleet.nodes, settings=settings, model=model, progress=report
     )
-    return drain_decisions(result.actions), result.risk
+    held_back = drain_decisions(result.actions, blocked=True)
+    return drain_decisions(result.actions), held_back, result.risk
 
 
 def evaluate_case(
@@ -211,15 +213,17 @@ def evaluate_case(
         enter_threshold=settings.enter_threshold,
     )
 
-    def score(drains: pd.DataFrame) -> dict[str, Any]:
-        return score_drains(drains=drains, events=evaluation.events, samples=evaluation.samples)
+    def score(drains: pd.DataFrame, blocked: pd.DataFrame | None = None) -> dict[str, Any]:
+        return score_drains(
+            drains=drains, events=evaluation.events, samples=evaluation.samples, blocked=blocked
+        )
 
     if "predictor" in detectors:
         with stages.stage(f"{name}: train", 2):
             model, *_ = train(samples=training.samples, events=training.events, settings=settings)
         with stages.stage(f"{name}: replay predictor", 6) as report:
-            drains, case.risk = _replay_drains(evaluation, settings, model, report)
-        case.drains["predictor"], case.scores["predictor"] = drains, score(drains)
+            drains, blocked, case.risk = _replay_drains(evaluation, settings, model, report)
+        case.drains["predictor"], case.scores["predictor"] = drains, score(drains, blocked)
     if "static rules" in detectors:
         with stages.stage(f"{name}: static rules", 1):
             drains = rule_drains(evaluation.samples, cooldown_s=settings.cooldown_s)
@@ -232,8 +236,8 @@ def evaluate_case(
     if "river HST" in detectors:
         hst = settings.model_copy(update={"online_detectors": ["river_hst"]})
         with stages.stage(f"{name}: replay river HST", 8) as report:
-            drains, _ = _replay_drains(evaluation, hst, None, report)
-        case.drains["river HST"], case.scores["river HST"] = drains, score(drains)
+            drains, blocked, _ = _replay_drains(evaluation, hst, None, report)
+        case.drains["river HST"], case.scores["river HST"] = drains, score(drains, blocked)
     if "IsolationForest" in detectors:
         # No events: no classifier, only the forest; it alone makes the risk.
         forest_only = settings.model_copy(update={"online_detectors": [], "batch_weight": 1.0})
@@ -241,8 +245,9 @@ def evaluate_case(
             no_labels = training.events.iloc[:0]
             forest, *_ = train(samples=training.samples, events=no_labels, settings=forest_only)
         with stages.stage(f"{name}: replay IsolationForest", 4) as report:
-            drains, _ = _replay_drains(evaluation, forest_only, forest, report)
-        case.drains["IsolationForest"], case.scores["IsolationForest"] = drains, score(drains)
+            drains, blocked, _ = _replay_drains(evaluation, forest_only, forest, report)
+        case.drains["IsolationForest"] = drains
+        case.scores["IsolationForest"] = score(drains, blocked)
     return case
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from predictor.detectors import Sustained
 
@@ -39,6 +40,16 @@ def test_a_step_that_then_sits_still_and_a_spike_stay_low() -> None:
     values[320] += 1.0
     scores = feed(Sustained(), values)
     assert scores.max() < 0.5
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_noisier_plateau_and_the_step_back_stay_low(seed: int) -> None:
+    # Latency under a batch job: the level jumps fourfold and, the noise being
+    # multiplicative, so does the size of its moves; an hour later it drops back.
+    level = np.full(700, 0.1)
+    level[300:360] = 0.4
+    noise = np.exp(0.08 * np.random.default_rng(seed).standard_normal(700))
+    assert feed(Sustained(clip=12.0), level * noise).max() < 0.5
 
 
 def test_a_ramp_the_series_always_shows_stays_low() -> None:

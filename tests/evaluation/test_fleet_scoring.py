@@ -43,3 +43,15 @@ def test_without_onsets_the_extra_figures_are_empty() -> None:
     result = score_drains(drains=drains, events=events, samples=samples)
     assert result["caught"] == 1 and result["precursor_failures"] == 0
     assert result["median_lead_after_onset_min"] is None
+
+
+def test_missed_failures_held_back_by_a_safety_limit_are_counted_apart() -> None:
+    events = pd.DataFrame({"node": ["a", "b", "c"], "ts": [10_000.0] * 3, "kind": ["failure"] * 3})
+    drains = pd.DataFrame({"node": ["a"], "ts": [9_000.0]})
+    # a: drained (its blocked retry is no miss); b: foreseen but blocked; c: never foreseen.
+    blocked = pd.DataFrame({"node": ["a", "b"], "ts": [9_500.0, 9_000.0]})
+    samples = pd.DataFrame({"node": ["a", "a"], "ts": [0.0, 86_400.0]})
+    result = score_drains(drains=drains, events=events, samples=samples, blocked=blocked)
+    assert result["caught"] == 1
+    assert result["missed_held_back"] == 1
+    assert score_drains(drains=drains, events=events, samples=samples)["missed_held_back"] is None
