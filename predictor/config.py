@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     stale_after_s: float = 120.0
     failsafe_stale_fraction: float = 0.5
     failsafe_spike_fraction: float = 0.5
+    # A drain waits while this share of its pool's reporting nodes (3 at least) rose to the
+    # exit threshold within the window: a deploy or a shared dependency, not this node.
+    # Above 1: never.
+    pool_wide_fraction: float = 0.5
+    pool_wide_window_s: float = 300.0
     weight_actions: bool = False  # lower LB weight as risk rises (needs a weight-capable actuator)
 
     # Actuators

@@ -52,6 +52,8 @@ class Policy:
         self.actuator = actuator
         self.sleep = sleep
         self.tracks: dict[str, NodeTrack] = {}
+        # Each node's latest evaluation at or above the exit threshold, for the pool-wide check.
+        self.elevated_ts: dict[str, float] = {}
 
     # -- the fleet-wide fail-safe ------------------------------------------------------
     def failsafe_reason(
@@ -89,6 +91,8 @@ class Policy:
         now = max(node_last_ts.values()) if node_last_ts else float(risk["ts"].max())
         failsafe = self.failsafe_reason(node_last_ts=node_last_ts, node_risk=node_risk, now=now)
         ordered = self._rows_that_matter(risk.sort_values("ts", kind="stable"), states)
+        elevated = ordered.loc[ordered["risk"].to_numpy() >= self.settings.exit_threshold]
+        elevated = elevated[["node", "ts"]]
         for node, ts, value, why in zip(
             ordered["node"], ordered["ts"], ordered["risk"], ordered["why"], strict=True
         ):
@@ -98,10 +102,12 @@ class Policy:
             if states.get(node, {}).get("state") == DRAINED:
                 action = self._maybe_recover(node, track, ts, value)
             else:
-                action = self._maybe_drain(node, track, ts, value, why, failsafe, node_last_ts)
+                blocks = (failsafe, elevated, node_last_ts)
+                action = self._maybe_drain(node, track, ts, value, why, *blocks)
             if action:
                 recorded.append(action)
                 states = self.store.node_states()
+        self.elevated_ts.update(elevated.groupby("node")["ts"].max().to_dict())
         return recorded
 
     def _rows_that_matter(
@@ -148,6 +154,7 @@ class Policy:
         risk: float,
         why: list[dict[str, Any]],
         failsafe: str | None,
+        elevated: pd.DataFrame,
         node_last_ts: dict[str, float],
     ) -> dict[str, Any] | None:
         s = self.settings
@@ -170,6 +177,8 @@ class Policy:
         blocked = failsafe
         if blocked is None and ts - track.last_action_ts < s.cooldown_s:
             blocked = f"cooldown: last action {ts - track.last_action_ts:.0f}s ago"
+        if blocked is None:
+            blocked = self._pool_wide_block(node, ts, elevated, node_last_ts)
         return self._act(node, track, ts, risk, reason, blocked, node_last_ts)
 
     def _act(
@@ -223,6 +232,28 @@ class Policy:
             recorded = self._execute(recorded, meta, registry)
         return recorded
 
+    def _pool_wide_block(
+        self, node: str, ts: float, elevated: pd.DataFrame, node_last_ts: dict[str, float]
+    ) -> str | None:
+        """Why draining ``node`` cannot help: most of its pool rose with it (a deploy, a
+        shared dependency), or None. Asked only when a drain is due, so rarely."""
+        s = self.settings
+        registry = self.store.nodes()
+        pool, members = _pool_of(node, registry.get(node, {}), registry, node_last_ts)
+        reporting = {m for m in members if ts - node_last_ts.get(m, -math.inf) <= s.stale_after_s}
+        since = ts - s.pool_wide_window_s
+        in_window = elevated["ts"].between(since, ts).to_numpy()
+        risen = set(elevated["node"].to_numpy()[in_window].tolist())
+        risen |= {m for m in reporting if self.elevated_ts.get(m, -math.inf) >= since}
+        risen &= reporting | {node}
+        if len(risen) < max(3, s.pool_wide_fraction * len(reporting)):
+            return None
+        return (
+            f"pool-wide: {len(risen)}/{len(reporting)} of pool {pool} at risk >= "
+            f"{s.exit_threshold} within {s.pool_wide_window_s:.0f}s (a deploy or a shared "
+            "dependency: draining one node cannot help)"
+        )
+
     def _budget_block(
         self,
         conn: Any,
@@ -233,10 +264,7 @@ class Policy:
         now: float,
     ) -> str | None:
         s = self.settings
-        pool = meta.get("pool") or "default"
-        members = {n for n, m in registry.items() if (m.get("pool") or "default") == pool}
-        members |= {n for n in node_last_ts if n not in registry and pool == "default"}
-        members.add(node)
+        pool, members = _pool_of(node, meta, registry, node_last_ts)
         drained = {
             row[0]
             for row in conn.execute("SELECT node FROM node_state WHERE state = ?", (DRAINED,))
@@ -341,6 +369,20 @@ class Policy:
 
     def import_state(self, tracks: dict[str, NodeTrack]) -> None:
         self.tracks = dict(tracks)
+
+
+def _pool_of(
+    node: str,
+    meta: dict[str, Any],
+    registry: dict[str, dict[str, Any]],
+    node_last_ts: dict[str, float],
+) -> tuple[str, set[str]]:
+    """``node``'s pool and its members (nodes heard from but not registered: ``default``)."""
+    pool = meta.get("pool") or "default"
+    members = {n for n, m in registry.items() if (m.get("pool") or "default") == pool}
+    members |= {n for n in node_last_ts if n not in registry and pool == "default"}
+    members.add(node)
+    return pool, members
 
 
 def _insert_action(

@@ -48,6 +48,9 @@ def make_settings(db: Path, **overrides: Any) -> Settings:
         "cooldown_s": 900.0, "recovery_s": 600.0, "auto_undrain": True,
         "budget_max_nodes": 2, "budget_max_fraction": 0.5, "stale_after_s": 120.0,
         "failsafe_stale_fraction": 0.5, "failsafe_spike_fraction": 0.5, "actuator_retries": 3,
+        # Off (above 1) but where a test is about it: several risky nodes in one pool at
+        # once are what the budget tests are made of.
+        "pool_wide_fraction": 2.0,
     }  # fmt: skip
     values.update(overrides)
     return Settings(**values)
@@ -324,6 +327,30 @@ def test_failsafe_when_most_of_the_fleet_is_risky_at_once(make) -> None:
     for ts in range(0, 70, 10):
         calm.step(ts, {"db-1": 0.95, "db-2": 0.95})
     assert calm.drained() == {"db-1", "db-2"}
+
+
+def test_a_pool_wide_rise_holds_drains_back_until_it_has_passed(make) -> None:
+    h = make(pool("web", 6), pool_wide_fraction=0.5, pool_wide_window_s=300.0,
+             budget_max_nodes=5, budget_max_fraction=1.0)  # fmt: skip
+    # A deploy: the whole pool rises above exit for two evaluations; web-1 rises further.
+    for ts in (0, 10):
+        h.step(ts, dict.fromkeys(h.fleet, 0.5) | {"web-1": 0.95})
+    for ts in range(20, 300, 10):
+        h.step(ts, {"web-1": 0.95} | dict.fromkeys(h.fleet[1:], 0.1))
+    assert h.drained() == set()
+    [held] = h.store.actions()  # recorded once for the episode
+    assert held["status"] == "blocked" and "pool-wide: 6/6 of pool web" in held["reason"]
+    # Still high once the rise is out of the window: now it is this node's own.
+    h.run("web-1", high(300, 330))
+    assert h.drained() == {"web-1"}
+
+
+def test_a_rise_of_a_few_nodes_of_a_large_pool_is_no_pool_wide_event(make) -> None:
+    h = make(pool("web", 8), pool_wide_fraction=0.5, budget_max_nodes=5,
+             budget_max_fraction=1.0)  # fmt: skip
+    for ts in range(0, 70, 10):
+        h.step(ts, {"web-1": 0.95, "web-2": 0.5, "web-3": 0.5})
+    assert h.drained() == {"web-1"}
 
 
 # -- execution -----------------------------------------------------------------------------
