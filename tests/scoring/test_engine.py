@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from predictor.config import Settings
+from predictor.detectors.sustained import _FLOOR, _N, _NOISE, _SINCE
 from predictor.ingest import SampleBatch
 from predictor.scoring import ScoringEngine
 from predictor.simulate import FleetSpec, simulate
@@ -60,7 +61,7 @@ def test_evidence_sees_one_sample_per_evidence_step_whatever_the_scrape_interval
     """A 10 s scrape gives the evidence detectors the series a 60 s scrape would."""
     rng = np.random.default_rng(2)
     ts = 10.0 * np.arange(1800)
-    values = 0.3 + 0.01 * rng.standard_normal(len(ts)) + np.where(ts > 12000, (ts - 12000) / 2e4, 0)
+    values = 0.3 + 0.01 * rng.standard_normal(len(ts)) + np.where(ts > 12000, (ts - 12000) / 1e4, 0)
     every_minute = ts % 60 == 0
     evidence = []
     for keep in (np.ones(len(ts), dtype=bool), every_minute):
@@ -126,20 +127,22 @@ def test_engine_features_equal_the_training_snapshots() -> None:
         np.testing.assert_allclose(online[(node, ts)], x, rtol=1e-7, atol=1e-9, equal_nan=True)
 
 
-def test_a_checkpoint_from_before_restart_counts_and_evidence_sampling_loads(
+def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampling_loads(
     settings: Settings,
 ) -> None:
     engine = ScoringEngine(settings=settings)
     engine.process(SampleBatch.from_frame(steady_fleet(40)))
     state = engine.state
-    # What an older version wrote: no last-fed times, no restart count in the detector.
+    # What an older version wrote: no last-fed times; in the detector no restart count
+    # and no slow-falling noise floor (its last two rows).
     del state.__dict__["series_evidence_ts"]
     inner = state.evidence_detectors[0].inner_
-    inner.columns_ = inner.columns_[:-1].copy()
+    inner.columns_ = inner.columns_[:-2].copy()
     restored = pickle.loads(pickle.dumps(state))
     assert np.isneginf(restored.series_evidence_ts).all()
-    since = restored.evidence_detectors[0].inner_.columns_[-1]
-    np.testing.assert_array_equal(since, restored.evidence_detectors[0].inner_.columns_[0])
+    columns = restored.evidence_detectors[0].inner_.columns_
+    np.testing.assert_array_equal(columns[_SINCE], columns[_N])
+    np.testing.assert_array_equal(columns[_FLOOR], columns[_NOISE])
     engine.state = restored
     later = steady_fleet(41).query("ts == 2400.0")
     assert len(engine.process(SampleBatch.from_frame(later)).risk) == 4
