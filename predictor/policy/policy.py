@@ -91,8 +91,8 @@ class Policy:
         now = max(node_last_ts.values()) if node_last_ts else float(risk["ts"].max())
         failsafe = self.failsafe_reason(node_last_ts=node_last_ts, node_risk=node_risk, now=now)
         ordered = self._rows_that_matter(risk.sort_values("ts", kind="stable"), states)
-        elevated = ordered.loc[ordered["risk"].to_numpy() >= self.settings.exit_threshold]
-        elevated = elevated[["node", "ts"]]
+        at_or_above_exit = ordered["risk"].to_numpy() >= self.settings.exit_threshold
+        elevated = ordered.loc[at_or_above_exit, ["node", "ts"]]
         for node, ts, value, why in zip(
             ordered["node"], ordered["ts"], ordered["risk"], ordered["why"], strict=True
         ):
@@ -102,8 +102,9 @@ class Policy:
             if states.get(node, {}).get("state") == DRAINED:
                 action = self._maybe_recover(node, track, ts, value)
             else:
-                blocks = (failsafe, elevated, node_last_ts)
-                action = self._maybe_drain(node, track, ts, value, why, *blocks)
+                action = self._maybe_drain(
+                    node, track, ts, value, why, failsafe, elevated, node_last_ts
+                )
             if action:
                 recorded.append(action)
                 states = self.store.node_states()
