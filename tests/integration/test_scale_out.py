@@ -58,6 +58,7 @@ def test_replicas_and_workers_survive_a_killed_worker(
         "PREDICTOR_BUDGET_MAX_NODES": "100",
         "PREDICTOR_BUDGET_MAX_FRACTION": "1.0",
         "PREDICTOR_FAILSAFE_SPIKE_FRACTION": "1.0",
+        "PREDICTOR_POOL_WIDE_FRACTION": "2.0",  # the shifted nodes rise together, on purpose
         "PREDICTOR_AUTO_UNDRAIN": "false",
     }
     db = None  # the store is PREDICTOR_DATABASE_URL's PostgreSQL
