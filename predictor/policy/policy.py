@@ -108,7 +108,8 @@ class Policy:
             if action:
                 recorded.append(action)
                 states = self.store.node_states()
-        self.elevated_ts.update(elevated.groupby("node")["ts"].max().to_dict())
+        if len(elevated):  # most steps: nothing at or above exit, nothing to remember
+            self.elevated_ts.update(elevated.groupby("node")["ts"].max().to_dict())
         return recorded
 
     def _rows_that_matter(
@@ -178,9 +179,10 @@ class Policy:
         blocked = failsafe
         if blocked is None and ts - track.last_action_ts < s.cooldown_s:
             blocked = f"cooldown: last action {ts - track.last_action_ts:.0f}s ago"
+        registry = self.store.nodes()
         if blocked is None:
-            blocked = self._pool_wide_block(node, ts, elevated, node_last_ts)
-        return self._act(node, track, ts, risk, reason, blocked, node_last_ts)
+            blocked = self._pool_wide_block(node, ts, elevated, registry, node_last_ts)
+        return self._act(node, track, ts, risk, reason, blocked, registry, node_last_ts)
 
     def _act(
         self,
@@ -190,10 +192,10 @@ class Policy:
         risk: float,
         reason: str,
         blocked: str | None,
+        registry: dict[str, dict[str, Any]],
         node_last_ts: dict[str, float],
     ) -> dict[str, Any] | None:
         s = self.settings
-        registry = self.store.nodes()
         meta = registry.get(node, {"pool": "default"})
         standby = meta.get("standby")
         action = "failover" if standby else "drain"
@@ -234,12 +236,16 @@ class Policy:
         return recorded
 
     def _pool_wide_block(
-        self, node: str, ts: float, elevated: pd.DataFrame, node_last_ts: dict[str, float]
+        self,
+        node: str,
+        ts: float,
+        elevated: pd.DataFrame,
+        registry: dict[str, dict[str, Any]],
+        node_last_ts: dict[str, float],
     ) -> str | None:
         """Why draining ``node`` cannot help: most of its pool rose with it (a deploy, a
         shared dependency), or None. Asked only when a drain is due, so rarely."""
         s = self.settings
-        registry = self.store.nodes()
         pool, members = _pool_of(node, registry.get(node, {}), registry, node_last_ts)
         reporting = {m for m in members if ts - node_last_ts.get(m, -math.inf) <= s.stale_after_s}
         since = ts - s.pool_wide_window_s

@@ -574,8 +574,10 @@ def test_a_node_already_drained_is_never_drained_again(store_url: str, tmp_path:
         # A second worker decided to drain web-1 from a view read before that drain.
         second = Policy(settings=settings, store=store, actuator=second_actuator)
         track = NodeTrack(above_since=0.0)
-        assert second._act("web-1", track, 70.0, 0.95, "risk", None, fresh) is None
-        assert second._act("web-1", track, 80.0, 0.95, "risk", "cooldown: x", fresh) is None
+        registry = store.nodes()
+        assert second._act("web-1", track, 70.0, 0.95, "risk", None, registry, fresh) is None
+        blocked = "cooldown: x"
+        assert second._act("web-1", track, 80.0, 0.95, "risk", blocked, registry, fresh) is None
         assert second_actuator.calls == []
         assert [a["id"] for a in store.actions()] == [drain["id"]]  # nothing recorded
         assert store.node_states()["web-1"]["action_id"] == drain["id"]
