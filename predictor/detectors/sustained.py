@@ -58,9 +58,10 @@ class Sustained(OnlineDetector):
     reset_gaps
         A gap of more than this many typical gaps (a silence) restarts the trend evidence.
     alpha_noise
-        EW weight of the recent size of moves. The noise floor rises with it at once but
-        falls only as fast as the slope ``g`` forgets (``alpha``): after a noisy stretch
-        ends with a step (a batch job stops), the step must fade from ``g`` first.
+        EW weight of the recent size of moves, steps at their full size. The noise floor
+        rises with it at once but falls only as fast as the slope ``g`` forgets
+        (``alpha``): after a noisy stretch ends with a step (a batch job stops), the step
+        must fade from ``g`` first.
     freeze
         Above this fraction of ``h`` the slope reference learns ten times slower.
     """
@@ -148,8 +149,8 @@ class Sustained(OnlineDetector):
         rate /= dt
         if any_restart:
             rate[restart] = 0.0
-        cap = np.abs(rate)
-        np.copyto(cap, moves_now, where=settled)
+        moves_raw = np.abs(rate)
+        cap = np.where(settled, moves_now, moves_raw)
         cap *= self.rate_clip
         np.clip(rate, -cap, cap, out=rate)
         g = rate - s[_G]
@@ -218,9 +219,12 @@ class Sustained(OnlineDetector):
         if any_first:
             dev[first] = 0.0
         s[_DEV] = dev
-        moves = np.abs(rate)
-        _ew_update(s[_ABS], moves, a, keep=restart if any_restart else None)
-        _ew_update(s[_NOISE], moves, self.alpha_noise, keep=restart if any_restart else None)
+        _ew_update(s[_ABS], np.abs(rate), a, keep=restart if any_restart else None)
+        # The recent noise takes a step at its full size: clipped in the slope, it would
+        # leave the floor low while the slope still remembers it, and a deploy's short
+        # plateau (a jump up held back by the clip, the noisier way back counted in full)
+        # would read as a fall for as long as both take to forget it.
+        _ew_update(s[_NOISE], moves_raw, self.alpha_noise, keep=restart if any_restart else None)
         _ew_update(s[_FLOOR], s[_NOISE], self.alpha)
         np.maximum(s[_FLOOR], s[_NOISE], out=s[_FLOOR])
         # The gap moments start at the second sample; count them from there.
