@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     risk_history_every_s: float = 0.0
     batch_weight: float = 0.5  # share of the batch anomaly score in the anomaly part of risk
     anomaly_weight_with_classifier: float = 0.5
+    # The failure model's P(fail) counts in full only once the node's own series show this
+    # much evidence (scaled down linearly below it; 0 = always in full). It learnt from
+    # other nodes: a healthy node unlike them (a tight baseline under a batch job) can look
+    # like a failing one, while a failure it foresees also builds evidence on the node.
+    classifier_evidence_gate: float = 0.3
 
     # Policy
     dry_run: bool = True
@@ -128,7 +133,11 @@ class Settings(BaseSettings):
     probe_timeout_s: float = 2.0
 
     # Training
-    horizon_s: float = 3600.0
+    # The classifier learns P(failure within horizon_s). Precursors run for tens of minutes
+    # to hours: a 2 h horizon labels most of a long one as failing (1 h taught it that the
+    # start of one is healthy); the evidence gate (classifier_evidence_gate) keeps out the
+    # false alarms a longer horizon adds.
+    horizon_s: float = 7200.0
     train_step_s: float = 60.0
     # Cores that training uses (IsolationForest, HistGradientBoosting's OpenMP); -1 = all.
     train_n_jobs: int = -1

@@ -81,6 +81,8 @@ class WhyItem(BaseModel):
     score: float
     z: float | None = None
     value: float | None = None
+    # failure_model only: the part of its P(fail) counted in risk (the evidence gate).
+    counted: float | None = None
 
 
 class RiskFields(BaseModel):

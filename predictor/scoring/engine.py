@@ -5,13 +5,16 @@ Fusion (all scores in [0, 1], higher = more risk):
 - ``online``  = the highest per-series online score among the node's metrics (a failing
   node rarely misbehaves on every metric at once, so averaging would hide it);
 - ``anomaly`` = ``(1 - batch_weight) * online + batch_weight * isolation_forest``;
-- ``risk``    = ``anomaly`` without a failure classifier, otherwise the noisy-OR
-  ``1 - (1 - p_fail) * (1 - anomaly_weight_with_classifier * anomaly)``: a trained
-  P(failure within H) leads, and an anomaly alone can raise risk only part of the way;
 - ``evidence`` = the highest per-series score of the *evidence* detectors
   (``settings.evidence_detectors``, e.g. a sustained trend): they accumulate evidence
-  over time rather than flag single samples, so they enter risk at full weight:
-  ``max(risk, evidence)`` (not a noisy-OR: a spike on the same series would count twice).
+  over time rather than flag single samples;
+- ``risk``    = ``anomaly`` without a failure classifier, otherwise the noisy-OR
+  ``1 - (1 - p_counted) * (1 - anomaly_weight_with_classifier * anomaly)``: a trained
+  P(failure within H) leads, and an anomaly alone can raise risk only part of the way.
+  ``p_counted = p_fail * min(1, evidence / classifier_evidence_gate)``: the classifier
+  learnt from other nodes, so it drains a node only once the node's own series agree;
+- evidence enters risk at full weight: ``max(risk, evidence)`` (not a noisy-OR: a spike
+  on the same series would count twice).
 
 ``why`` lists the node's metrics that contribute most, and ``trend`` is the risk minus its
 recent exponentially weighted mean (positive = rising).
@@ -260,11 +263,14 @@ class ScoringEngine:
 
         w = self.settings.batch_weight if self.model is not None else 0.0
         anomaly = (1 - w) * online + w * batch_anomaly
-        has_p = ~np.isnan(p_fail)
-        w_a = self.settings.anomaly_weight_with_classifier
-        risk = np.where(has_p, 1 - (1 - np.nan_to_num(p_fail)) * (1 - w_a * anomaly), anomaly)
         evidence = np.zeros(len(node_ids))
         np.maximum.at(evidence, local, st.series_evidence[series])
+        counted = np.nan_to_num(p_fail)
+        gate = self.settings.classifier_evidence_gate
+        if gate > 0:
+            counted = counted * np.minimum(evidence / gate, 1.0)
+        w_a = self.settings.anomaly_weight_with_classifier
+        risk = np.where(np.isnan(p_fail), anomaly, 1 - (1 - counted) * (1 - w_a * anomaly))
         risk = np.maximum(risk, evidence)
 
         seen_before = st.node_risk_mean[node_ids] > 0
@@ -272,7 +278,7 @@ class ScoringEngine:
         st.node_risk_mean[node_ids] += TREND_ALPHA * (risk - st.node_risk_mean[node_ids])
         st.node_risk[node_ids] = risk
 
-        why = self._why(node_ids, series, local, p_fail)
+        why = self._why(node_ids, series, local, p_fail, counted)
         names = np.array(list(st.node_ids), dtype=object)
         return pd.DataFrame(
             {
@@ -319,9 +325,15 @@ class ScoringEngine:
         )
 
     def _why(
-        self, node_ids: np.ndarray, series: np.ndarray, local: np.ndarray, p_fail: np.ndarray
+        self,
+        node_ids: np.ndarray,
+        series: np.ndarray,
+        local: np.ndarray,
+        p_fail: np.ndarray,
+        counted: np.ndarray,
     ) -> list[list[dict[str, Any]]]:
-        """The top contributing metrics of each node, most anomalous first."""
+        """The top contributing metrics of each node, most anomalous first, after the
+        failure model (its P(fail) and the part of it the evidence gate counted)."""
         st = self.state
         # A metric counts by its stronger signal: a one-off anomaly or sustained evidence.
         strength = np.maximum(st.series_score, st.series_evidence)
@@ -344,7 +356,14 @@ class ScoringEngine:
         ends = np.cumsum(np.bincount(local[keep], minlength=len(node_ids))).tolist()
         why = [entries[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         for i in np.flatnonzero(~np.isnan(p_fail)).tolist():
-            why[i].insert(0, {"metric": "failure_model", "score": round(float(p_fail[i]), 4)})
+            why[i].insert(
+                0,
+                {
+                    "metric": "failure_model",
+                    "score": round(float(p_fail[i]), 4),
+                    "counted": round(float(counted[i]), 4),
+                },
+            )
         return why
 
     # -- queries ---------------------------------------------------------------------

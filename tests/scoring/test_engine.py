@@ -146,3 +146,44 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     engine.state = restored
     later = steady_fleet(41).query("ts == 2400.0")
     assert len(engine.process(SampleBatch.from_frame(later)).risk) == 4
+
+
+class ConvincedModel:
+    """A failure model that is sure every node fails (a classifier fooled by a node unlike
+    those it learnt from): no anomaly, P(fail) 0.95."""
+
+    metrics = ["cpu", "memory"]
+
+    def anomaly_score(self, X: np.ndarray) -> np.ndarray:
+        return np.zeros(len(X))
+
+    def failure_probability(self, X: np.ndarray) -> np.ndarray:
+        return np.full(len(X), 0.95)
+
+
+@pytest.mark.parametrize("gate", [0.3, 0.0])
+def test_the_failure_model_counts_in_full_only_with_evidence_on_the_node(
+    settings: Settings, gate: float
+) -> None:
+    engine = ScoringEngine(
+        settings=settings.model_copy(update={"classifier_evidence_gate": gate}),
+        model=ConvincedModel(),  # type: ignore[arg-type]
+    )
+    history = steady_fleet(180)
+    # n0's memory starts to climb after two hours: a leak its own series shows.
+    leaking = (history["node"] == "n0") & (history["metric"] == "memory")
+    history.loc[leaking, "value"] += np.clip(history.loc[leaking, "ts"] - 7200.0, 0, None) * 1e-4
+    risk = engine.process(SampleBatch.from_frame(history)).risk
+    steady = risk[(risk["node"] != "n0") | (risk["ts"] < 7200.0)]
+    n0 = risk[(risk["node"] == "n0") & (risk["ts"] >= 7200.0)]
+    if gate == 0:  # the classifier alone drives every node past the drain threshold
+        assert steady["risk"].min() > 0.9
+    else:
+        assert steady["risk"].max() < 0.5
+        # ``why`` says so: the failure model's P(fail), and the part of it counted.
+        model_entry = steady["why"].iloc[-1][0]
+        assert model_entry["metric"] == "failure_model" and model_entry["score"] == 0.95
+        assert model_entry["counted"] < 0.3
+        assert n0["risk"].max() > 0.9
+        # Once the evidence is there, the classifier lifts risk above the evidence alone.
+        assert (n0["risk"] > n0["p_fail"] * 0.9).any()
