@@ -52,6 +52,18 @@ def test_a_noisier_plateau_and_the_step_back_stay_low(seed: int) -> None:
     assert feed(Sustained(clip=12.0), level * noise).max() < 0.5
 
 
+@pytest.mark.parametrize("jump", [4, 8])
+@pytest.mark.parametrize("width", [3, 5, 8])
+def test_a_deploy_blip_reads_as_neither_a_rise_nor_a_fall(jump: int, width: int) -> None:
+    # A few minutes at several times the level, the noise multiplicative: the jump up is
+    # clipped, so the way back must not count for more than it.
+    for seed in range(5):
+        level = np.full(600, 0.1)
+        level[400 : 400 + width] *= jump
+        noise = np.exp(0.08 * np.random.default_rng(seed).standard_normal(600))
+        assert feed(Sustained(clip=12.0), level * noise)[400:].max() < 0.2
+
+
 def test_a_ramp_the_series_always_shows_stays_low() -> None:
     # Sawtooth: climbs for 4 hours, drops back, again and again (log rotation).
     t = np.arange(1500)
