@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # much evidence (scaled down linearly below it; 0 = always in full). It learnt from
     # other nodes: a healthy node unlike them (a tight baseline under a batch job) can look
     # like a failing one, while a failure it foresees also builds evidence on the node.
-    classifier_evidence_gate: float = 0.3
+    classifier_evidence_gate: float = Field(default=0.3, ge=0.0, le=1.0)
 
     # Policy
     dry_run: bool = True

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from predictor.config import Settings
 from predictor.detectors.sustained import _FLOOR, _N, _NOISE, _SINCE
@@ -187,3 +188,9 @@ def test_the_failure_model_counts_in_full_only_with_evidence_on_the_node(
         assert n0["risk"].max() > 0.9
         # Once the evidence is there, the classifier lifts risk above the evidence alone.
         assert (n0["risk"] > n0["p_fail"] * 0.9).any()
+
+
+@pytest.mark.parametrize("gate", [-0.1, 1.5])
+def test_an_evidence_gate_outside_0_1_is_refused(gate: float) -> None:
+    with pytest.raises(ValidationError, match="classifier_evidence_gate"):
+        Settings(classifier_evidence_gate=gate)
