@@ -308,10 +308,10 @@ def write_report(
         f"{settings.budget_max_fraction:.0%} of a pool.",
         "- `static rules`: Prometheus-style alerting rules (below), each firing once per "
         f"episode, a {settings.cooldown_s:.0f} s cooldown per node, no disruption budget.",
-        "- `river HST`: river HalfSpaceTrees as the only online detector, no batch model, "
+        "- `river HST`: river HalfSpaceTrees alone (no evidence detectors, no batch model), "
         "same policy.",
-        "- `IsolationForest`: the batch model trained without labels (no classifier) as the "
-        "only scorer, same policy.",
+        "- `IsolationForest`: the batch model trained without labels (no classifier) alone "
+        "(no online or evidence detectors), same policy.",
     ]
     fleet_json: dict[str, Any] = {}
     for case in cases:

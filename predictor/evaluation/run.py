@@ -15,9 +15,10 @@ Detectors, each turned into drain decisions and scored by
 - ``predictor``: the batch model + the configured online detectors, through the service's
   scorer and the dry-run policy (:func:`~predictor.evaluation.fleet.replay`);
 - ``static rules``: Prometheus-style threshold rules (:mod:`predictor.evaluation.rules`);
-- ``river HST``: river HalfSpaceTrees as the only online detector, no batch model, same policy;
-- ``IsolationForest``: the batch model trained without labels (no classifier) as the
-  only scorer, same policy.
+- ``river HST``: river HalfSpaceTrees alone (the only online detector, no evidence
+  detectors, no batch model), same policy;
+- ``IsolationForest``: the batch model trained without labels (no classifier) alone, no
+  online or evidence detectors, same policy.
 """
 
 from __future__ import annotations
@@ -234,13 +235,16 @@ def evaluate_case(
                 )
                 case.per_rule[rule.name] = score(alone)
     if "river HST" in detectors:
-        hst = settings.model_copy(update={"online_detectors": ["river_hst"]})
+        alone = {"online_detectors": ["river_hst"], "evidence_detectors": []}
+        hst = settings.model_copy(update=alone)
         with stages.stage(f"{name}: replay river HST", 8) as report:
             drains, blocked, _ = _replay_drains(evaluation, hst, None, report)
         case.drains["river HST"], case.scores["river HST"] = drains, score(drains, blocked)
     if "IsolationForest" in detectors:
         # No events: no classifier, only the forest; it alone makes the risk.
-        forest_only = settings.model_copy(update={"online_detectors": [], "batch_weight": 1.0})
+        forest_only = settings.model_copy(
+            update={"online_detectors": [], "evidence_detectors": [], "batch_weight": 1.0}
+        )
         with stages.stage(f"{name}: train IsolationForest", 1):
             no_labels = training.events.iloc[:0]
             forest, *_ = train(samples=training.samples, events=no_labels, settings=forest_only)

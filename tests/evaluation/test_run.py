@@ -111,3 +111,31 @@ def test_run_evaluation_on_a_dataset_dir_splits_it_in_time(tmp_path: Path) -> No
     later = fleet.events[fleet.events["ts"] >= ts.min() + (ts.max() - ts.min()) / 2]
     assert rules["failures"] == int((later["kind"] == "failure").sum())
     assert rules["node_days"] == pytest.approx(3 * 0.25 / 2, rel=0.05)
+
+
+def test_the_baselines_run_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """river HST and IsolationForest are compared alone: without the evidence detectors
+    (which would then make most of their drains) and, for HST, without a batch model."""
+    from predictor.evaluation import run
+
+    replayed: dict[str, tuple[Settings, object]] = {}
+
+    def record(fleet, settings, model, report):  # type: ignore[no-untyped-def]
+        name = "river HST" if settings.online_detectors == ["river_hst"] else "forest"
+        replayed[name] = settings, model
+        empty = pd.DataFrame(columns=["node", "ts"])
+        return empty, empty, pd.DataFrame()
+
+    monkeypatch.setattr(run, "_replay_drains", record)
+    fleet = simulate(FleetSpec(nodes=2, pools=1, duration_s=3600.0, step_s=120.0, seed=5))
+    case = run.Fleet(fleet.samples, fleet.events, fleet.nodes)
+    stages = run.Stages(None, 1.0)
+    run.evaluate_case(
+        name="tiny", training=case, evaluation=case, stages=stages,
+        settings=Settings(models_dir=tmp_path / "models"),
+        detectors=("river HST", "IsolationForest"),
+    )  # fmt: skip
+    (hst, hst_model), (forest, forest_model) = replayed["river HST"], replayed["forest"]
+    assert hst.evidence_detectors == [] and hst_model is None
+    assert forest.evidence_detectors == [] and forest.online_detectors == []
+    assert forest_model is not None
