@@ -116,3 +116,39 @@ def test_runtime_dependency_is_overridable(client: TestClient) -> None:
         assert r.status_code == 503 and r.json()["ready"] is False
     finally:
         client.app.dependency_overrides.clear()
+
+
+def test_backpressure_reads_the_backlog_only_when_it_may_be_past_the_limit(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between readings the backlog is bounded by the last one plus the rows committed
+    since; only a bound past the limit forces a reading, and a refusal rests on one."""
+    from predictor import service
+    from predictor.ingest import SampleBatch
+
+    readings: list[int] = []
+
+    def counted(*, runtime: Runtime) -> int:
+        readings.append(real(runtime=runtime))
+        return readings[-1]
+
+    real = service.scoring_lag_rows
+    monkeypatch.setattr(service, "scoring_lag_rows", counted)
+    monkeypatch.setattr(service, "BACKLOG_RECHECK_S", 3600.0)  # no reading by age here
+    # The api role without a scorer process: nothing is scored, the backlog only grows.
+    api = settings.model_copy(update={"role": "api", "max_unscored_rows": 2_500})
+    runtime = Runtime.build(api)
+    try:
+        now = time.time()
+        for step in range(3):
+            batch = SampleBatch.from_columns(
+                ["a"] * 1000, [f"m{i}" for i in range(1000)], [now + step] * 1000, [1.0] * 1000
+            )
+            assert service.ingest_samples(runtime=runtime, batch=batch) == 1000
+        assert readings == [0]  # the first request read it; 1000 and 2000 stay under 2500
+        with pytest.raises(service.Overloaded):
+            service.ingest_samples(runtime=runtime, batch=batch)
+        assert readings == [0, 3000]  # 3000 may be past it: read, and it is
+        assert runtime.store.count_samples() == 3000
+    finally:
+        runtime.store.close()
