@@ -189,8 +189,9 @@ def _backlog_over_limit(runtime: Runtime) -> int | None:
     """The scoring backlog if it is past ``max_unscored_rows``, else None.
 
     Between readings (at most every :data:`BACKLOG_RECHECK_S`) the last one plus the rows
-    committed since stands in: an upper bound, as scoring only shrinks it. A bound past the
-    limit forces a fresh reading, so a refusal always rests on one.
+    committed since stands in: an upper bound, as scoring only shrinks it (another API
+    process's commits show at the next reading). A bound past the limit forces a fresh
+    reading, so a refusal always rests on one.
     """
     limit, last = runtime.settings.max_unscored_rows, runtime.backlog
     now = time.monotonic()
