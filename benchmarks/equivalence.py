@@ -124,7 +124,7 @@ def run_engine(settings: Any, batches: Iterable[tuple], prefix: str, out: dict) 
     out[f"{prefix}.risk"] = np.concatenate(risk)
     out[f"{prefix}.why"] = np.array(why)
     st = engine.state
-    n = len(st.series_ids)
+    n = st.n_series
     out[f"{prefix}.series_score"] = st.series_score[:n]
     out[f"{prefix}.series_evidence"] = st.series_evidence[:n]
     out[f"{prefix}.features"] = st.features.values_[:n]

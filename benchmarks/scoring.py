@@ -134,7 +134,7 @@ def deep_bytes(obj: Any) -> int:
 
 def state_sizes(engine: ScoringEngine, path: Path) -> dict[str, float]:
     """Bytes per series of the engine's online state, in memory and as a joblib dump."""
-    n_series = len(engine.state.series_ids)
+    n_series = engine.state.n_series
     joblib.dump(engine.state, path)
     dumped = path.stat().st_size
     path.unlink()

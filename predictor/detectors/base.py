@@ -78,7 +78,10 @@ def grow(array: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
     if len(array) >= size:
         return array
     new_len = max(size, 2 * len(array), 16)
-    out = np.full((new_len, *array.shape[1:]), fill, dtype=array.dtype)
+    # Zeros come from the allocator as untouched pages: a fleet's first scrape grows
+    # arrays to millions of rows at once.
+    shape = (new_len, *array.shape[1:])
+    out = np.zeros(shape, dtype=array.dtype) if fill == 0 else np.full(shape, fill, array.dtype)
     out[: len(array)] = array
     return out
 
@@ -88,9 +91,12 @@ def grow_columns(array: np.ndarray, size: int) -> np.ndarray:
 
     Each quantity's row stays contiguous (C order), so a run of series is a plain slice.
     """
-    if array.shape[1] >= size:
+    width = array.shape[1]
+    if width >= size:
         return array
-    return grow(array.T, size).T.copy()
+    out = np.zeros((len(array), max(size, 2 * width, 16)), dtype=array.dtype)
+    out[:, :width] = array
+    return out
 
 
 def rows_of(keys: np.ndarray) -> slice | np.ndarray:

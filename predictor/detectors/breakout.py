@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.detectors.base import OnlineDetector, grow
+from predictor.detectors.base import OnlineDetector, grow, rows_of
 from predictor.detectors.sustained import _DOWN, _SINCE, _UP, Sustained
 
 # Per-series state columns of the envelope.
@@ -78,16 +78,15 @@ class Breakout(OnlineDetector):
         self.inner_._ensure(keys)
 
     def _step(
-        self, keys: np.ndarray, x: np.ndarray, t: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scores, the inner state columns and the envelope rows after the samples.
+        self, columns: np.ndarray, s: np.ndarray, x: np.ndarray, t: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and the envelope rows after the samples.
 
-        Works on gathered copies: nothing learnt is written here.
+        ``columns`` (the inner state columns of the samples' series) learns the samples;
+        ``s`` (their envelope rows) is only read.
         """
         inner = self.inner_
-        columns = inner.columns_[:, keys]  # a copy, which the inner steps learn in
         base = inner._steps(columns, x, t)
-        s = self.state_[keys]
         n, lo, hi = s[:, _N], s[:, _LO], s[:, _HI]
         first = n == 0
         width = hi - lo
@@ -102,20 +101,29 @@ class Breakout(OnlineDetector):
         # The envelope learns only while no trend builds up.
         learn = first | (trend <= self.hold * inner.h)
         step = self.shrink * width
-        out = s.copy()
+        out = np.empty_like(s)
         out[:, _N] = n + 1
         out[:, _HI] = np.where(learn, np.where(first, x, np.maximum(x, hi - step)), hi)
         out[:, _LO] = np.where(learn, np.where(first, x, np.minimum(x, lo + step)), lo)
-        return score, columns, out
+        return score, out
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
-        return self._step(keys, values, ts)[0]
+        # Gathered copies: nothing learnt is written back.
+        return self._step(self.inner_.columns_[:, keys], self.state_[keys], values, ts)[0]
 
     def learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
         self.score_learn_many(keys, values, ts)
 
     def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
-        score, self.inner_.columns_[:, keys], self.state_[keys] = self._step(keys, values, ts)
+        at = rows_of(keys)
+        if isinstance(at, slice):  # views: the inner columns learn in place
+            score, self.state_[at] = self._step(
+                self.inner_.columns_[:, at], self.state_[at], values, ts
+            )
+            return score
+        columns = self.inner_.columns_[:, keys]
+        score, self.state_[keys] = self._step(columns, self.state_[keys], values, ts)
+        self.inner_.columns_[:, keys] = columns
         return score

@@ -60,14 +60,14 @@ class StepResult:
 class EngineState:
     """Everything the engine learnt; checkpointed with joblib."""
 
-    series_ids: dict[tuple[str, str], int] = field(default_factory=dict)
+    n_series: int = 0
     node_ids: dict[str, int] = field(default_factory=dict)
     metric_ids: dict[str, int] = field(default_factory=dict)
     # Series looked up by the packed key node_id << 32 | metric_id, kept sorted.
     packed_sorted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     packed_key: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     series_node: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    series_metric: list[str] = field(default_factory=list)
+    series_metric: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     series_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
     # When each series last fed its evidence detectors (see evidence_step_s).
@@ -84,6 +84,14 @@ class EngineState:
         # Checkpoints from before evidence_step_s: every series may feed its next sample.
         if "series_evidence_ts" not in state:
             state["series_evidence_ts"] = np.full(len(state["series_evidence"]), -np.inf)
+        # Checkpoints from before series were counted, not kept in a dict by name: each
+        # series' metric becomes its id.
+        if "series_ids" in state:
+            state["n_series"] = len(state.pop("series_ids"))
+            metric_ids = state["metric_ids"]
+            state["series_metric"] = np.array(
+                [metric_ids[m] for m in state["series_metric"]], dtype=np.int64
+            )
         self.__dict__.update(state)
 
 
@@ -132,24 +140,21 @@ class ScoringEngine:
         if len(missing):
             new_codes, new = pd.factorize(packed[missing])
             new = np.asarray(new, dtype=np.int64)
-            start = len(st.series_ids)
+            start = st.n_series
             new_keys = np.arange(start, start + len(new))
             keys[missing] = new_keys[new_codes]
-            new_node, new_metric = new >> 32, new & 0xFFFFFFFF
-            # Names by array lookups and the dict filled by zip: a fleet's first scrape
-            # registers millions of series, too many for a Python loop per series.
-            node_of = np.array(list(st.node_ids), dtype=object)[new_node].tolist()
-            metric_of = np.array(list(st.metric_ids), dtype=object)[new_metric].tolist()
-            pairs = zip(node_of, metric_of, strict=True)
-            st.series_ids.update(zip(pairs, new_keys.tolist(), strict=True))
-            st.series_metric.extend(metric_of)
-            st.series_node = grow(st.series_node, start + len(new))
-            st.series_node[start : start + len(new)] = new_node
+            # Arrays only: a fleet's first scrape registers millions of series, too many
+            # for a Python object per series.
+            st.n_series = start + len(new)
+            st.series_node = grow(st.series_node, st.n_series)
+            st.series_node[start : st.n_series] = new >> 32
+            st.series_metric = grow(st.series_metric, st.n_series)
+            st.series_metric[start : st.n_series] = new & 0xFFFFFFFF
             packed_all = np.concatenate([st.packed_sorted, new])
             keys_all = np.concatenate([st.packed_key, new_keys])
             order = np.argsort(packed_all, kind="stable")
             st.packed_sorted, st.packed_key = packed_all[order], keys_all[order]
-        n_series, n_nodes = len(st.series_ids), len(st.node_ids)
+        n_series, n_nodes = st.n_series, len(st.node_ids)
         st.series_score = grow(st.series_score, n_series)
         st.series_evidence = grow(st.series_evidence, n_series)
         st.series_evidence_ts = grow(st.series_evidence_ts, n_series, fill=-np.inf)
@@ -298,7 +303,7 @@ class ScoringEngine:
         st = self.state
         chosen = np.zeros(len(st.node_ids), dtype=bool)
         chosen[node_ids] = True
-        series_node = st.series_node[: len(st.series_ids)]
+        series_node = st.series_node[: st.n_series]
         series = np.flatnonzero(chosen[series_node])
         # A chosen node's row among node_ids = how many chosen nodes precede it.
         row_of_node = np.cumsum(chosen) - 1
@@ -314,7 +319,8 @@ class ScoringEngine:
         st = self.state
         if series is None or local is None:
             series, local = self._series_of(node_ids)
-        slots = np.array([self._slots.get(st.series_metric[s], -1) for s in series], dtype=np.int64)
+        slot_of_metric = np.array([self._slots.get(m, -1) for m in st.metric_ids], dtype=np.int64)
+        slots = slot_of_metric[st.series_metric[series]]
         return assemble(
             values=st.features.values_[series],
             last_ts=st.features.columns_[1, series],
@@ -341,11 +347,11 @@ class ScoringEngine:
         z = st.features.values_[series, _Z]
         keep = _top_in_groups(local, len(node_ids), (-np.abs(z), -score), WHY_TOP)
         top = series[keep]
-        metric = st.series_metric
+        metric_names = np.array(list(st.metric_ids), dtype=object)
         entries = [
-            {"metric": metric[s], "score": s_score, "z": s_z, "value": value}
-            for s, s_score, s_z, value in zip(
-                top.tolist(),
+            {"metric": metric, "score": s_score, "z": s_z, "value": value}
+            for metric, s_score, s_z, value in zip(
+                metric_names[st.series_metric[top]].tolist(),
                 np.round(strength[top], 4).tolist(),
                 np.round(st.features.values_[top, _Z], 2).tolist(),
                 st.features.values_[top, 0].tolist(),

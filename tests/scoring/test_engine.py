@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import numpy as np
@@ -134,8 +135,18 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     engine = ScoringEngine(settings=settings)
     engine.process(SampleBatch.from_frame(steady_fleet(40)))
     state = engine.state
-    # What an older version wrote: no last-fed times; in the detector no restart count
-    # and no slow-falling noise floor (its last two rows).
+    series_metric = state.series_metric[: state.n_series].copy()
+    later = steady_fleet(41).query("ts == 2400.0")
+    expected = copy.deepcopy(engine).process(SampleBatch.from_frame(later)).risk
+    # What an older version wrote: series by name in a dict, their metric names, no
+    # last-fed times; in the detector no restart count and no slow-falling noise floor
+    # (its last two rows).
+    metrics, nodes = list(state.metric_ids), list(state.node_ids)
+    state.__dict__["series_ids"] = {
+        (nodes[state.series_node[k]], metrics[m]): k for k, m in enumerate(series_metric)
+    }
+    state.__dict__["series_metric"] = [metrics[m] for m in series_metric]
+    del state.__dict__["n_series"]
     del state.__dict__["series_evidence_ts"]
     inner = state.evidence_detectors[0].inner_
     inner.columns_ = inner.columns_[:-2].copy()
@@ -144,9 +155,12 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     columns = restored.evidence_detectors[0].inner_.columns_
     np.testing.assert_array_equal(columns[_SINCE], columns[_N])
     np.testing.assert_array_equal(columns[_FLOOR], columns[_NOISE])
+    assert restored.n_series == len(series_metric)
+    np.testing.assert_array_equal(restored.series_metric, series_metric)
     engine.state = restored
-    later = steady_fleet(41).query("ts == 2400.0")
-    assert len(engine.process(SampleBatch.from_frame(later)).risk) == 4
+    risk = engine.process(SampleBatch.from_frame(later)).risk
+    assert len(risk) == 4
+    assert risk["why"].tolist() == expected["why"].tolist()
 
 
 class ConvincedModel:
