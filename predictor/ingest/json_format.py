@@ -17,6 +17,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -28,9 +30,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 SAMPLE_FIELDS = {"node", "metric", "ts", "value", "labels"}
 COMPACT_FIELDS = {"node", "ts", "values", "labels"}
 MAX_ERRORS_REPORTED = 50
-_BULK_SAMPLE = {"node", "metric", "ts", "value"}
-_BULK_GROUP = {"node", "ts", "values"}
-_NUMBER_TYPES = (int, float)
+_BULK_SAMPLE = ("node", "metric", "ts", "value")
+_BULK_GROUP = ("node", "ts", "values")
+_SAMPLE_FIELDS = tuple(map(itemgetter, _BULK_SAMPLE))
+_GROUP_FIELDS = tuple(map(itemgetter, _BULK_GROUP))
+_NUMBER_TYPES = {int, float}
 
 
 @dataclass
@@ -136,22 +140,26 @@ def _count_samples(doc: Any) -> int:
 
 
 def _bulk_columns(
-    nodes: list[Any], metrics: list[Any], stamps: list[Any], values: list[Any], limits: Limits
+    nodes: list[Any],
+    metrics: list[Any],
+    stamps: list[Any],
+    values: list[Any],
+    limits: Limits,
+    group_sizes: list[int] | None = None,
 ) -> SampleBatch | None:
     """Columns checked as wholes: names once per distinct name, numbers as arrays.
 
-    None when anything is off (or a timestamp is a string): the caller then validates
-    sample by sample, which names every offender. Both paths accept the same batches.
+    With ``group_sizes``, ``nodes`` and ``stamps`` hold one entry per group, repeated
+    that many times once checked. None when anything is off (or a timestamp is a string):
+    the caller then validates sample by sample, which names every offender. Both paths
+    accept the same batches.
     """
     try:
-        if not all(type(n) is str for n in {*nodes, *metrics}):  # unhashable: TypeError
+        names = {*nodes, *metrics}  # unhashable: TypeError
+        if set(map(type, names)) - {str} or not all(map(NAME_PATTERN.match, names)):
             return None
-        if not all(NAME_PATTERN.match(n) for n in {*nodes, *metrics}):
-            return None
-        # type(...) in, not isinstance: a bool is an int, and not a sample value here.
-        if not all(type(x) in _NUMBER_TYPES for x in stamps) or not all(
-            type(x) in _NUMBER_TYPES for x in values
-        ):
+        # By type, not isinstance: a bool is an int, and not a sample value here.
+        if set(map(type, stamps)) - _NUMBER_TYPES or set(map(type, values)) - _NUMBER_TYPES:
             return None
         ts, value = np.array(stamps, dtype=np.float64), np.array(values, dtype=np.float64)
     except (TypeError, OverflowError):
@@ -165,32 +173,36 @@ def _bulk_columns(
         ).all()
     ):
         return None
-    return SampleBatch.from_columns(nodes, metrics, ts, value)
+    node = np.array(nodes, dtype=object)
+    if group_sizes is not None:
+        node, ts = np.repeat(node, group_sizes), np.repeat(ts, group_sizes)
+    return SampleBatch(node, np.array(metrics, dtype=object), ts, value)
 
 
 def _bulk(doc: Any, limits: Limits) -> SampleBatch | None:
-    """The fast path for well-formed bodies without labels (see :func:`_bulk_columns`)."""
-    if isinstance(doc, dict) and isinstance(doc.get("samples"), list) and len(doc) == 1:
-        items = doc["samples"]
-        if not all(type(it) is dict and it.keys() == _BULK_SAMPLE for it in items):
+    """The fast path for well-formed bodies without labels (see :func:`_bulk_columns`).
+
+    Loops run in C (``map``): an object with exactly as many keys as the shape has, all
+    of which are found, has no other key.
+    """
+    try:
+        if isinstance(doc, dict) and isinstance(doc.get("samples"), list) and len(doc) == 1:
+            items = doc["samples"]
+            if set(map(type, items)) - {dict} or set(map(len, items)) - {len(_BULK_SAMPLE)}:
+                return None
+            return _bulk_columns(*(list(map(get, items)) for get in _SAMPLE_FIELDS), limits)
+        groups = doc if isinstance(doc, list) else [doc]
+        if set(map(type, groups)) - {dict} or set(map(len, groups)) - {len(_BULK_GROUP)}:
             return None
-        return _bulk_columns(
-            [it["node"] for it in items], [it["metric"] for it in items],
-            [it["ts"] for it in items], [it["value"] for it in items], limits,
-        )  # fmt: skip
-    groups = doc if isinstance(doc, list) else [doc]
-    if not all(
-        type(g) is dict and g.keys() == _BULK_GROUP and type(g["values"]) is dict for g in groups
-    ):
+        nodes, stamps, maps = (list(map(get, groups)) for get in _GROUP_FIELDS)
+    except KeyError:
         return None
-    sizes = [len(g["values"]) for g in groups]
+    if set(map(type, maps)) - {dict}:
+        return None
     return _bulk_columns(
-        [g["node"] for g, k in zip(groups, sizes, strict=True) for _ in range(k)],
-        [m for g in groups for m in g["values"]],
-        [g["ts"] for g, k in zip(groups, sizes, strict=True) for _ in range(k)],
-        [v for g in groups for v in g["values"].values()],
-        limits,
-    )
+        nodes, list(chain.from_iterable(maps)), stamps,
+        list(chain.from_iterable(map(dict.values, maps))), limits, list(map(len, maps)),
+    )  # fmt: skip
 
 
 def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:

@@ -410,3 +410,10 @@ def test_bulk_path_takes_plain_batches_and_leaves_the_rest() -> None:
     assert _bulk(labelled, Limits(now=NOW)) is None  # checked sample by sample
     boolean = {"samples": [{**plain["samples"][0], "value": True}]}
     assert _bulk(boolean, Limits(now=NOW)) is None
+    # As many keys as the shape, one of them unknown: the fast path counts and looks up.
+    swapped = {"samples": [{"node": "a", "metric": "cpu", "ts": NOW, "labels": {}}]}
+    assert _bulk(swapped, Limits(now=NOW)) is None
+    assert _bulk([{"node": "a", "ts": NOW, "labels": {"cpu": 1.5}}], Limits(now=NOW)) is None
+    assert _bulk([{"node": "a", "ts": NOW, "values": [1.5]}], Limits(now=NOW)) is None
+    with pytest.raises(IngestError):
+        parse_metrics_json(orjson.dumps(swapped), Limits(now=NOW))
