@@ -190,7 +190,8 @@ def _bulk(doc: Any, limits: Limits) -> SampleBatch | None:
             items = doc["samples"]
             if set(map(type, items)) - {dict} or set(map(len, items)) - {len(_BULK_SAMPLE)}:
                 return None
-            return _bulk_columns(*(list(map(get, items)) for get in _SAMPLE_FIELDS), limits)
+            nodes, metrics, stamps, values = (list(map(get, items)) for get in _SAMPLE_FIELDS)
+            return _bulk_columns(nodes, metrics, stamps, values, limits)
         groups = doc if isinstance(doc, list) else [doc]
         if set(map(type, groups)) - {dict} or set(map(len, groups)) - {len(_BULK_GROUP)}:
             return None

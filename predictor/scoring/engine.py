@@ -44,6 +44,8 @@ WHY_TOP = 3
 TREND_ALPHA = 0.1
 _Z = FEATURES.index("robust_z")
 _RUN_PROBE = 256  # leading samples that tell whether a column comes in runs
+INTERVAL_ALPHA = 0.05  # EW weight of a series' scrape interval (see _fold_evidence)
+SILENCE_STEPS = 5  # evidence steps without a sample after which a series restarts
 
 
 @dataclass
@@ -70,8 +72,12 @@ class EngineState:
     series_metric: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     series_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    # When each series last fed its evidence detectors (see evidence_step_s).
+    # When each series last fed its evidence detectors (see evidence_step_s), its samples
+    # since, when it last reported, and its own scrape interval.
     series_evidence_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    series_unfed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    series_seen_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    series_interval: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -84,6 +90,12 @@ class EngineState:
         # Checkpoints from before evidence_step_s: every series may feed its next sample.
         if "series_evidence_ts" not in state:
             state["series_evidence_ts"] = np.full(len(state["series_evidence"]), -np.inf)
+        # Checkpoints from before evidence was fed by samples received: intervals unknown.
+        if "series_interval" not in state:
+            size = len(state["series_evidence"])
+            state["series_unfed"] = np.zeros(size, dtype=np.int64)
+            state["series_seen_ts"] = np.full(size, -np.inf)
+            state["series_interval"] = np.zeros(size)
         # Checkpoints from before series were counted, not kept in a dict by name: each
         # series' metric becomes its id.
         if "series_ids" in state:
@@ -158,6 +170,9 @@ class ScoringEngine:
         st.series_score = grow(st.series_score, n_series)
         st.series_evidence = grow(st.series_evidence, n_series)
         st.series_evidence_ts = grow(st.series_evidence_ts, n_series, fill=-np.inf)
+        st.series_unfed = grow(st.series_unfed, n_series)
+        st.series_seen_ts = grow(st.series_seen_ts, n_series, fill=-np.inf)
+        st.series_interval = grow(st.series_interval, n_series)
         st.features.ensure(n_series)
         for name in ("node_ts", "node_risk", "node_risk_mean"):
             setattr(st, name, grow(getattr(st, name), n_nodes))
@@ -228,12 +243,34 @@ class ScoringEngine:
         return np.concatenate(folded) if folded else np.zeros(0, dtype=np.int64)
 
     def _fold_evidence(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
-        """Feed the evidence detectors the samples at least ~evidence_step_s after the last fed."""
+        """Feed the evidence detectors one sample per ~evidence_step_s of the series' scrapes.
+
+        Counted in samples received, not in seconds: at a 10 s scrape every 6th sample is
+        fed, and a scrape that goes missing delays the next feed, so the detectors see the
+        gap they would see at a 60 s scrape (counted in seconds, a node dropping half its
+        10 s scrapes would look almost regular to them).
+        """
         st, step = self.state, self.settings.evidence_step_s
         if step > 0:
-            # 0.9: a 60 s scrape that comes a little early is still fed (fixed buckets would
-            # drop such a sample now and then, and the gap would read as a missed scrape).
-            fresh = ts - st.series_evidence_ts[keys] >= 0.9 * step
+            gap = ts - st.series_seen_ts[keys]
+            st.series_seen_ts[keys] = ts
+            interval = st.series_interval[keys]
+            known = interval > 0
+            # The interval follows the gaps that are a scrape, not a miss; misses nudge it
+            # up (2%), so an interval that really changed is learnt within a hundred
+            # samples, while a patchy node's misses barely move it.
+            scrape = known & (gap <= 1.5 * interval)
+            interval[scrape] += INTERVAL_ALPHA * (gap[scrape] - interval[scrape])
+            interval[known & ~scrape] *= 1.02
+            first_gap = ~known & np.isfinite(gap)
+            interval[first_gap] = gap[first_gap]
+            st.series_interval[keys] = interval
+            unfed = st.series_unfed[keys] + 1
+            # 0.9: a 60 s scrape that comes a little early is still fed. A series back from
+            # a silence is fed at once: its detectors restart on the gap.
+            fresh = unfed * interval >= 0.9 * step
+            fresh |= ts - st.series_evidence_ts[keys] >= SILENCE_STEPS * step
+            st.series_unfed[keys] = np.where(fresh, 0, unfed)
             if not fresh.all():
                 keys, values, ts = keys[fresh], values[fresh], ts[fresh]
             st.series_evidence_ts[keys] = ts

@@ -211,3 +211,27 @@ def test_the_failure_model_counts_in_full_only_with_evidence_on_the_node(
 def test_an_evidence_gate_outside_0_1_is_refused(gate: float) -> None:
     with pytest.raises(ValidationError, match="classifier_evidence_gate"):
         Settings(classifier_evidence_gate=gate)
+
+
+def test_missed_scrapes_at_a_10s_scrape_build_the_gap_evidence_they_build_at_60s(
+    settings: Settings,
+) -> None:
+    """Evidence is fed by samples received, not seconds: dropped 10 s scrapes show."""
+    minutes_to_evidence = {}
+    for scrape in (60.0, 10.0):
+        rng = np.random.default_rng(3)
+        ts = np.arange(0.0, 6 * 3600.0, scrape)
+        # From the third hour on the node drops a growing share of its scrapes (to 40%).
+        drop_p = np.clip((ts - 2 * 3600.0) / (4 * 3600.0), 0, 1) * 0.4
+        keep = rng.random(len(ts)) >= drop_p
+        values = 0.3 + 0.01 * rng.standard_normal(len(ts))
+        engine = ScoringEngine(settings=settings)
+        for start in np.arange(0.0, ts[-1], 300.0):  # five minutes at a time
+            part = keep & (ts >= start) & (ts < start + 300.0)
+            n = int(part.sum())
+            engine.process(SampleBatch.from_columns(["n0"] * n, ["m"] * n, ts[part], values[part]))
+            if engine.state.series_evidence[0] >= 0.5:
+                minutes_to_evidence[scrape] = (start + 300.0 - 7200.0) / 60
+                break
+    # Fed by seconds, the 10 s scrape needed nearly twice as long (185 vs 95 minutes).
+    assert minutes_to_evidence[10.0] <= 1.3 * minutes_to_evidence[60.0]
