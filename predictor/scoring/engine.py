@@ -43,6 +43,7 @@ from predictor.training.model import BatchModel
 WHY_TOP = 3
 TREND_ALPHA = 0.1
 _Z = FEATURES.index("robust_z")
+_GAP = FEATURES.index("gap")
 _RUN_PROBE = 256  # leading samples that tell whether a column comes in runs
 INTERVAL_ALPHA = 0.05  # EW weight of a series' scrape interval (see _fold_evidence)
 SILENCE_STEPS = 5  # evidence steps without a sample after which a series restarts
@@ -73,10 +74,9 @@ class EngineState:
     series_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
     # When each series last fed its evidence detectors (see evidence_step_s), its samples
-    # since, when it last reported, and its own scrape interval.
+    # since, and its own scrape interval.
     series_evidence_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_unfed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    series_seen_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     series_interval: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     node_risk: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -94,7 +94,6 @@ class EngineState:
         if "series_interval" not in state:
             size = len(state["series_evidence"])
             state["series_unfed"] = np.zeros(size, dtype=np.int64)
-            state["series_seen_ts"] = np.full(size, -np.inf)
             state["series_interval"] = np.zeros(size)
         # Checkpoints from before series were counted, not kept in a dict by name: each
         # series' metric becomes its id.
@@ -171,7 +170,6 @@ class ScoringEngine:
         st.series_evidence = grow(st.series_evidence, n_series)
         st.series_evidence_ts = grow(st.series_evidence_ts, n_series, fill=-np.inf)
         st.series_unfed = grow(st.series_unfed, n_series)
-        st.series_seen_ts = grow(st.series_seen_ts, n_series, fill=-np.inf)
         st.series_interval = grow(st.series_interval, n_series)
         st.features.ensure(n_series)
         for name in ("node_ts", "node_risk", "node_risk_mean"):
@@ -252,8 +250,9 @@ class ScoringEngine:
         """
         st, step = self.state, self.settings.evidence_step_s
         if step > 0:
-            gap = ts - st.series_seen_ts[keys]
-            st.series_seen_ts[keys] = ts
+            # The features already hold the gap since the series' previous sample (0 at
+            # its first): this runs after they learnt the sample.
+            gap = st.features.values_[keys, _GAP]
             interval = st.series_interval[keys]
             known = interval > 0
             # The interval follows the gaps that are a scrape, not a miss; misses nudge it
@@ -262,7 +261,7 @@ class ScoringEngine:
             scrape = known & (gap <= 1.5 * interval)
             interval[scrape] += INTERVAL_ALPHA * (gap[scrape] - interval[scrape])
             interval[known & ~scrape] *= 1.02
-            first_gap = ~known & np.isfinite(gap)
+            first_gap = ~known & (gap > 0)
             interval[first_gap] = gap[first_gap]
             st.series_interval[keys] = interval
             unfed = st.series_unfed[keys] + 1
