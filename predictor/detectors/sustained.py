@@ -10,8 +10,8 @@ import numpy as np
 from predictor.detectors.base import OnlineDetector, grow_columns, row_blocks, rows_of
 
 # Per-series state, one row per quantity (columnar: a fleet's column is contiguous).
-_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE, _FLOOR = range(14)
-_STATE = 14
+_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE, _FLOOR, _HELD = range(15)
+_STATE = 15
 # Mean |diff| of white noise is 2/sqrt(pi) sigma; sigma of an EW mean of diffs ~ alpha sigma.
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
@@ -33,8 +33,12 @@ class Sustained(OnlineDetector):
     - the standardised slope, clipped to ``clip``, feeds a two-sided CUSUM with allowance
       ``k``: evidence accumulates only while the unusual slope persists;
     - samples missed since the previous one (the gap over the series' typical gap, clipped
-      to ``gap_clip``) feed a second CUSUM with allowance ``gap_k``: one late scrape or a
-      short reboot adds little, a node dropping more and more samples adds up.
+      to ``gap_clip``) feed a second CUSUM with allowance ``gap_k``: one late scrape adds
+      little, a node dropping more and more samples adds up. A silence (``reset_gaps``: an
+      outage, a reboot) restarts both CUSUMs, and its own missed samples are held back:
+      fading by ``held_fade`` with each sample on time, they count only if another scrape
+      goes missing. A node back from its failure is not kept at risk by the gap it left;
+      one whose scrapes keep failing is.
 
     The score is the larger CUSUM over its threshold (``h`` or ``gap_h``), clipped to 1.
     Nothing here depends on what the metric is, only on the series' own history.
@@ -64,6 +68,8 @@ class Sustained(OnlineDetector):
         must fade from ``g`` first.
     freeze
         Above this fraction of ``h`` the slope reference learns ten times slower.
+    held_fade
+        Share of a silence's held-back missed samples kept per sample that arrives on time.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class Sustained(OnlineDetector):
         reset_gaps: float = 5.0,
         alpha_noise: float = 0.15,
         freeze: float = 0.4,
+        held_fade: float = 0.7,
     ):
         self.alpha = alpha
         self.alpha_ref = alpha_ref
@@ -95,6 +102,7 @@ class Sustained(OnlineDetector):
         self.reset_gaps = reset_gaps
         self.alpha_noise = alpha_noise
         self.freeze = freeze
+        self.held_fade = held_fade
         self.columns_ = np.zeros((_STATE, 0))
 
     def _ensure(self, keys: np.ndarray) -> None:
@@ -109,6 +117,9 @@ class Sustained(OnlineDetector):
             columns = np.vstack([columns, columns[_N]])
         if len(columns) == _FLOOR:  # before the slow-falling floor: it starts at the noise
             columns = np.vstack([columns, columns[_NOISE]])
+        if len(columns) == _HELD:  # before silences were held back: none held
+            columns = np.vstack([columns, np.zeros(columns.shape[1])])
+        state.setdefault("held_fade", 0.7)
         state["columns_"] = columns
         self.__dict__.update(state)
 
@@ -185,8 +196,16 @@ class Sustained(OnlineDetector):
         np.copyto(missed, 0.0, where=no_gap)
         np.minimum(missed, self.gap_clip, out=missed)
         miss = s[_MISS].copy()
+        # A dropped scrape after a silence: the node is still losing samples, and what
+        # the silence held back counts after all. Samples on time let it fade.
+        late = missed >= 0.5
+        np.add(miss, s[_HELD], out=miss, where=late)
+        held = s[_HELD] * self.held_fade
+        np.copyto(held, 0.0, where=late)
         if any_restart:
             miss[silent] = 0.0
+            held[silent] = missed[silent]
+            missed[silent] = 0.0
         miss += missed
         miss -= self.gap_k
         np.maximum(miss, 0.0, out=miss)
@@ -232,6 +251,7 @@ class Sustained(OnlineDetector):
         s[_UP] = up
         s[_DOWN] = down
         s[_MISS] = miss
+        s[_HELD] = held
         n += 1
         since += 1
         score = np.divide(peak, self.h, out=peak)

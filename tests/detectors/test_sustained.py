@@ -79,8 +79,27 @@ def test_growing_gaps_score_but_one_silence_does_not() -> None:
     keep = np.ones(n, dtype=bool)
     keep[150:155] = False  # one short silence (a reboot)
     healthy = feed(Sustained(), baseline(n)[keep], ts[keep])
-    assert healthy.max() < 0.5
+    # A node back from a reboot is not kept at risk (drained, counted against its pool's
+    # budget) by the gap it left.
+    assert healthy.max() < 0.1
     patchy = np.ones(n, dtype=bool)
     patchy[200:] = rng.random(100) > np.linspace(0.2, 0.9, 100)
     scores = feed(Sustained(), baseline(n)[patchy], ts[patchy])
     assert scores[-1] == 1.0
+
+
+def test_a_silence_counts_once_scrapes_keep_going_missing() -> None:
+    n = 300
+    ts = STEP * np.arange(n)
+    keep = np.ones(n, dtype=bool)
+    keep[150:155] = False  # a silence...
+    keep[158] = False  # ...and, soon after the node is back, a dropped scrape
+    scores = feed(Sustained(), baseline(n)[keep], ts[keep])
+    back, dropped = np.searchsorted(ts[keep], [ts[155], ts[159]])
+    assert scores[back:dropped].max() < 0.1
+    lone = keep.copy()
+    lone[150:155] = True  # the same dropped scrape without the silence before it
+    lone_scores = feed(Sustained(), baseline(n)[lone], ts[lone])
+    lone_dropped = int(np.searchsorted(ts[lone], ts[159]))
+    # The silence's missed samples count after all.
+    assert scores[dropped] > 2 * lone_scores[lone_dropped] > 0

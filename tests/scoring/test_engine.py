@@ -235,3 +235,26 @@ def test_missed_scrapes_at_a_10s_scrape_build_the_gap_evidence_they_build_at_60s
                 break
     # Fed by seconds, the 10 s scrape needed nearly twice as long (185 vs 95 minutes).
     assert minutes_to_evidence[10.0] <= 1.3 * minutes_to_evidence[60.0]
+
+
+@pytest.mark.parametrize("scrape", [60.0, 10.0])
+def test_a_node_back_from_an_outage_is_not_held_at_risk_by_the_gap(
+    settings: Settings, scrape: float
+) -> None:
+    """The silence of a failure is not evidence once the node is back: it can be undrained
+    after ``recovery_s`` and stops counting against its pool's budget."""
+    rng = np.random.default_rng(4)
+    ts = np.arange(0.0, 5 * 3600.0, scrape)
+    up = (ts < 3 * 3600.0) | (ts >= 3 * 3600.0 + 20 * 60.0)  # down for 20 minutes
+    values = 0.3 + 0.01 * rng.standard_normal(len(ts))
+    engine = ScoringEngine(settings=settings)
+    after_return = []
+    for start in np.arange(0.0, ts[-1], 300.0):
+        part = up & (ts >= start) & (ts < start + 300.0)
+        n = int(part.sum())
+        risk = engine.process(
+            SampleBatch.from_columns(["n0"] * n, ["m"] * n, ts[part], values[part])
+        ).risk
+        if start >= 3 * 3600.0 + 20 * 60.0:
+            after_return.extend(risk["risk"])
+    assert after_return and max(after_return) < settings.exit_threshold
