@@ -15,6 +15,7 @@ _STATE = 15
 # Mean |diff| of white noise is 2/sqrt(pi) sigma; sigma of an EW mean of diffs ~ alpha sigma.
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
+_HELD_FADE = 0.7
 
 
 class Sustained(OnlineDetector):
@@ -87,7 +88,7 @@ class Sustained(OnlineDetector):
         reset_gaps: float = 5.0,
         alpha_noise: float = 0.15,
         freeze: float = 0.4,
-        held_fade: float = 0.7,
+        held_fade: float = _HELD_FADE,
     ):
         self.alpha = alpha
         self.alpha_ref = alpha_ref
@@ -119,7 +120,7 @@ class Sustained(OnlineDetector):
             columns = np.vstack([columns, columns[_NOISE]])
         if len(columns) == _HELD:  # before silences were held back: none held
             columns = np.vstack([columns, np.zeros(columns.shape[1])])
-        state.setdefault("held_fade", 0.7)
+        state.setdefault("held_fade", _HELD_FADE)
         state["columns_"] = columns
         self.__dict__.update(state)
 
