@@ -73,14 +73,18 @@ class OnlineDetector(ABC):
         return f"{type(self).__name__}({params})"
 
 
+def _capacity(have: int, need: int) -> int:
+    """Length to grow to: doubling, so a fleet registered series by series costs O(n)."""
+    return max(need, 2 * have, 16)
+
+
 def grow(array: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
     """Return ``array`` extended along axis 0 to at least ``size`` rows (amortised doubling)."""
     if len(array) >= size:
         return array
-    new_len = max(size, 2 * len(array), 16)
     # Zeros come from the allocator as untouched pages: a fleet's first scrape grows
     # arrays to millions of rows at once.
-    shape = (new_len, *array.shape[1:])
+    shape = (_capacity(len(array), size), *array.shape[1:])
     out = np.zeros(shape, dtype=array.dtype) if fill == 0 else np.full(shape, fill, array.dtype)
     out[: len(array)] = array
     return out
@@ -94,7 +98,7 @@ def grow_columns(array: np.ndarray, size: int) -> np.ndarray:
     width = array.shape[1]
     if width >= size:
         return array
-    out = np.zeros((len(array), max(size, 2 * width, 16)), dtype=array.dtype)
+    out = np.zeros((len(array), _capacity(width, size)), dtype=array.dtype)
     out[:, :width] = array
     return out
 

@@ -118,12 +118,8 @@ class Breakout(OnlineDetector):
     def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
         at = rows_of(keys)
-        if isinstance(at, slice):  # views: the inner columns learn in place
-            score, self.state_[at] = self._step(
-                self.inner_.columns_[:, at], self.state_[at], values, ts
-            )
-            return score
-        columns = self.inner_.columns_[:, keys]
-        score, self.state_[keys] = self._step(columns, self.state_[keys], values, ts)
-        self.inner_.columns_[:, keys] = columns
+        columns = self.inner_.columns_[:, at]  # a view for a run of keys: learns in place
+        score, self.state_[at] = self._step(columns, self.state_[at], values, ts)
+        if not isinstance(at, slice):
+            self.inner_.columns_[:, at] = columns
         return score

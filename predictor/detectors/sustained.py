@@ -276,11 +276,10 @@ class Sustained(OnlineDetector):
     def score_learn_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
         at = rows_of(keys)
-        if isinstance(at, slice):
-            return self._steps(self.columns_[:, at], values, ts)  # a view: learns in place
-        s = self.columns_[:, keys]
+        s = self.columns_[:, at]  # a view for a run of keys: learns in place
         score = self._steps(s, values, ts)
-        self.columns_[:, keys] = s
+        if not isinstance(at, slice):
+            self.columns_[:, at] = s
         return score
 
 
