@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -74,6 +76,7 @@ class SendStats:
     seconds: float
     requests: int
     retries: int
+    client_cpu_s: float  # CPU the sending process spent: it shares this machine's cores
 
 
 def send_all(
@@ -84,27 +87,39 @@ def send_all(
     headers: dict[str, str],
     connections: int = 16,  # concurrent senders, as Prometheus remote_write shards are
 ) -> SendStats:
-    """POST every body over ``connections`` keep-alive connections; 503s are retried."""
-    retries = 0
+    """POST every body over ``connections`` keep-alive connections; 503s are retried.
+
+    The standard library's ``http.client``: httpx spent 2.5 cpu-s per 1M samples here
+    against 0.45, CPU taken from the server under test on a two-core machine.
+    """
+    url = urlsplit(base_url)
+    request_headers = {**HEADERS, **headers}
 
     def worker(chunk: list[bytes]) -> int:
         local_retries = 0
-        with httpx.Client(base_url=base_url, timeout=120.0, headers=HEADERS) as client:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=120.0)
+        try:
             for body in chunk:
                 while True:
-                    response = client.post(path, content=body, headers=headers)
-                    if response.status_code != 503:
-                        response.raise_for_status()
+                    connection.request("POST", path, body=body, headers=request_headers)
+                    response = connection.getresponse()
+                    content = response.read()
+                    if response.status != 503:
+                        if response.status >= 400:
+                            raise RuntimeError(f"{path}: {response.status} {content[:200]!r}")
                         break
                     local_retries += 1
-                    time.sleep(float(response.headers.get("Retry-After", "1")))
+                    time.sleep(float(response.getheader("Retry-After", "1")))
+        finally:
+            connection.close()
         return local_retries
 
     chunks = [bodies[i::connections] for i in range(connections)]
-    started = time.perf_counter()
+    cpu_started, started = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(connections) as pool:
         retries = sum(pool.map(worker, chunks))
-    return SendStats(time.perf_counter() - started, len(bodies), retries)
+    seconds = time.perf_counter() - started
+    return SendStats(seconds, len(bodies), retries, time.process_time() - cpu_started)
 
 
 def free_port() -> int:

@@ -81,6 +81,7 @@ def bench_ingest(
             "seconds": stats.seconds,
             "requests": stats.requests,
             "retries_503": stats.retries,
+            "client_cpu_s_per_1m": stats.client_cpu_s * 1e6 / len(batch),
             "ratio_vs_floor": rate / floor_rate,
             "body_bytes_mean": float(np.mean([len(b) for b in bodies])),
         }
@@ -103,6 +104,7 @@ def bench_ingest(
             "seconds": stats.seconds,
             "requests": stats.requests,
             "retries_503": stats.retries,
+            "client_cpu_s_per_1m": stats.client_cpu_s * 1e6 / len(batch),
             "ratio_vs_floor": rw_rate / floor_rate,
         }
     return out

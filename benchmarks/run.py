@@ -115,7 +115,8 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             if fig := ing.get(kind):
                 rows.append(
                     (f"ingest {labels[kind]}, HTTP, 1k samples/request, to commit",
-                     f"{fig['samples_per_s']:,.0f} samples/s",
+                     f"{fig['samples_per_s']:,.0f} samples/s (client "
+                     f"{fig['client_cpu_s_per_1m']:.2f} cpu-s per 1M)",
                      f"{fig['ratio_vs_floor']:.3f} x floor",
                      ">= 0.6" if kind == "remote_write" else ">= 0.6 and >= 300k/s")
                 )  # fmt: skip

@@ -47,6 +47,7 @@ def test_quick_run_reports_every_benchmark(tmp_path: Path, capsys: pytest.Captur
         if ingest[kind] is not None:  # remote_write only where the route exists
             assert positive(ingest[kind]["samples_per_s"])
             assert positive(ingest[kind]["ratio_vs_floor"])
+            assert ingest[kind]["client_cpu_s_per_1m"] >= 0
 
     scoring = report["scoring"]
     assert positive(scoring["river"]["samples_per_cpu_s"])
