@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import os
 import socket
 import subprocess
@@ -68,6 +69,28 @@ def json_bodies(batch: SampleBatch, per_request: int) -> list[bytes]:
             )
         ]
         bodies.append(orjson.dumps({"samples": samples}))
+    return bodies
+
+
+def json_group_bodies(batch: SampleBatch, per_request: int) -> list[bytes]:
+    """The same samples as :func:`json_bodies` in the per-node shape an agent sends its
+    scrape in (``[{"node", "ts", "values": {metric: value}}, ...]``), one group per run of
+    a node, stamped with its first sample's time."""
+    bodies = []
+    for start in range(0, len(batch), per_request):
+        part = slice(start, start + per_request)
+        nodes, metrics = batch.node[part], batch.metric[part].tolist()
+        ts, values = batch.ts[part].tolist(), batch.value[part].tolist()
+        bounds = [0, *(np.flatnonzero(nodes[1:] != nodes[:-1]) + 1).tolist(), len(nodes)]
+        groups = [
+            {
+                "node": nodes[a],
+                "ts": ts[a],
+                "values": dict(zip(metrics[a:b], values[a:b], strict=True)),
+            }
+            for a, b in itertools.pairwise(bounds)
+        ]
+        bodies.append(orjson.dumps(groups))
     return bodies
 
 

@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import fleet_step, json_bodies, running_server, send_all
+from benchmarks.common import (
+    fleet_step,
+    json_bodies,
+    json_group_bodies,
+    running_server,
+    send_all,
+)
 from predictor.ingest.batch import SampleBatch
 from predictor.store import SQLiteStore
 
@@ -61,17 +67,19 @@ def bench_ingest(
         "floor": {"samples_per_s": floor_rate, "seconds": floor_s, "chunk": FLOOR_CHUNK},
     }
     bodies = json_bodies(batch, per_request)
-    # "json": one process (API + scorer, the default); "json_split": `--role api` with a
-    # `--role scorer` process beside it, so the API process only parses and commits;
-    # "json_split_2": the same with two API worker processes (PREDICTOR_API_WORKERS=2).
-    for kind, split, api_workers in (
-        ("json", False, 1),
-        ("json_split", True, 1),
-        ("json_split_2", True, 2),
+    # "json": one process (API + scorer, the default); "json_groups": the same samples in
+    # the per-node shape; "json_split": `--role api` with a `--role scorer` process beside
+    # it, so the API process only parses and commits; "json_split_2": the same with two
+    # API worker processes (PREDICTOR_API_WORKERS=2).
+    for kind, kind_bodies, split, api_workers in (
+        ("json", bodies, False, 1),
+        ("json_groups", json_group_bodies(batch, per_request), False, 1),
+        ("json_split", bodies, True, 1),
+        ("json_split_2", bodies, True, 2),
     ):
         with running_server(workdir / kind, split=split, api_workers=api_workers) as server:
             stats = send_all(
-                server.base_url, "/v1/metrics", bodies,
+                server.base_url, "/v1/metrics", kind_bodies,
                 headers={"Content-Type": "application/json"}, connections=connections,
             )  # fmt: skip
             rw_available = server.has_route(REMOTE_WRITE_PATH)
@@ -83,7 +91,7 @@ def bench_ingest(
             "retries_503": stats.retries,
             "client_cpu_s_per_1m": stats.client_cpu_s * 1e6 / len(batch),
             "ratio_vs_floor": rate / floor_rate,
-            "body_bytes_mean": float(np.mean([len(b) for b in bodies])),
+            "body_bytes_mean": float(np.mean([len(b) for b in kind_bodies])),
         }
     out["remote_write"] = None
     if rw_available:

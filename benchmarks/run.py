@@ -108,7 +108,8 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             ("ingest floor: store.append_samples, 100k/txn",
              f"{ing['floor']['samples_per_s']:,.0f} samples/s", "1 (baseline)", "")
         )  # fmt: skip
-        labels = {"json": "json", "json_split": "json (api process + scorer process)",
+        labels = {"json": "json", "json_groups": "json per-node groups",
+                  "json_split": "json (api process + scorer process)",
                   "json_split_2": "json (2 api processes + scorer process)",
                   "remote_write": "remote_write"}  # fmt: skip
         for kind in labels:

@@ -43,7 +43,7 @@ def test_quick_run_reports_every_benchmark(tmp_path: Path, capsys: pytest.Captur
     ingest = report["ingest"]
     assert ingest["samples"] == 20 * 5 * 2
     assert positive(ingest["floor"]["samples_per_s"])
-    for kind in ("json", "json_split", "remote_write"):
+    for kind in ("json", "json_groups", "json_split", "remote_write"):
         if ingest[kind] is not None:  # remote_write only where the route exists
             assert positive(ingest[kind]["samples_per_s"])
             assert positive(ingest[kind]["ratio_vs_floor"])

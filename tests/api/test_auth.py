@@ -165,6 +165,22 @@ def test_prod_refuses_the_dev_key_even_when_set(tmp_path: Path) -> None:
         assert client.put("/v1/nodes/a", json={}, headers=bearer("dev")).status_code == 200
 
 
+def test_the_dev_key_is_checked_without_reading_the_key_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "keys.db")
+    reads = []
+    real = store.api_keys
+    monkeypatch.setattr(store, "api_keys", lambda **kw: reads.append(kw) or real(**kw))
+    dev = make_settings(tmp_path, env="dev", dev_api_key="dev")
+    for _ in range(3):
+        assert auth.verify_key(store=store, settings=dev, presented="dev") is not None
+    assert len(reads) == 1  # the cached read only; an unknown key re-reads the table:
+    assert auth.verify_key(store=store, settings=dev, presented="pk_unknown") is None
+    assert len(reads) == 2
+    store.close()
+
+
 def test_dev_key_can_be_switched_off(tmp_path: Path) -> None:
     with TestClient(create_app(make_settings(tmp_path, dev_api_key=""))) as client:
         assert client.get("/v1/nodes", headers=bearer("dev")).status_code == 401
