@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import itertools
 import os
 import socket
 import subprocess
@@ -21,6 +20,7 @@ import numpy as np
 import orjson
 
 from predictor.ingest.batch import SampleBatch
+from predictor.ingest.json_format import node_groups
 
 # The dev environment's API key (see the auth settings); harmless where auth is off.
 HEADERS = {"Authorization": "Bearer dev"}
@@ -74,24 +74,16 @@ def json_bodies(batch: SampleBatch, per_request: int) -> list[bytes]:
 
 def json_group_bodies(batch: SampleBatch, per_request: int) -> list[bytes]:
     """The same samples as :func:`json_bodies` in the per-node shape an agent sends its
-    scrape in (``[{"node", "ts", "values": {metric: value}}, ...]``), one group per run of
-    a node, stamped with its first sample's time."""
-    bodies = []
-    for start in range(0, len(batch), per_request):
-        part = slice(start, start + per_request)
-        nodes, metrics = batch.node[part], batch.metric[part].tolist()
-        ts, values = batch.ts[part].tolist(), batch.value[part].tolist()
-        bounds = [0, *(np.flatnonzero(nodes[1:] != nodes[:-1]) + 1).tolist(), len(nodes)]
-        groups = [
-            {
-                "node": nodes[a],
-                "ts": ts[a],
-                "values": dict(zip(metrics[a:b], values[a:b], strict=True)),
-            }
-            for a, b in itertools.pairwise(bounds)
-        ]
-        bodies.append(orjson.dumps(groups))
-    return bodies
+    scrape in, each node's run stamped with its first sample's time (see ``fleet_step``)."""
+    first = np.flatnonzero(np.r_[True, batch.node[1:] != batch.node[:-1]])
+    run_ts = np.repeat(batch.ts[first], np.diff(np.r_[first, len(batch)]))
+    stamped = SampleBatch(batch.node, batch.metric, run_ts, batch.value)
+    return [
+        orjson.dumps(
+            node_groups(stamped.take(np.arange(start, min(start + per_request, len(batch)))))
+        )
+        for start in range(0, len(batch), per_request)
+    ]
 
 
 @dataclass

@@ -80,7 +80,7 @@ def test_quick_run_reports_every_benchmark(tmp_path: Path, capsys: pytest.Captur
     assert 0.8 * 3_000 <= training[0]["feature_rows"] <= 1.2 * 3_000
 
     runs = report["end_to_end"]["runs"]
-    assert [r["nodes"] for r in runs] == [10]
+    assert [(r["nodes"], r["shape"]) for r in runs] == [(10, "per-node")]
     assert len(runs[0]["lag_s"]) == 2
     assert runs[0]["samples_stored"] == runs[0]["samples_sent"] == 10 * 3 * 2  # none dropped
     assert positive(runs[0]["peak_rss_mib"])

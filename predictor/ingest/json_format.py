@@ -7,7 +7,9 @@ Two shapes are accepted on ``POST /v1/metrics``::
     {"node": "web-1", "ts": "2025-11-26T00:00:00Z", "values": {"cpu": 0.42, "mem": 0.7}}
 
 (a JSON list of the second shape is accepted too). A batch is all or nothing: any bad
-sample rejects the whole batch with every offending sample named.
+sample rejects the whole batch with every offending sample named. The second, per-node
+shape is the cheaper one to parse by far (one object per scrape of a node, not one per
+sample); :func:`node_groups` writes it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import chain
+from itertools import chain, pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -204,6 +206,28 @@ def _bulk(doc: Any, limits: Limits) -> SampleBatch | None:
         nodes, list(chain.from_iterable(maps)), stamps,
         list(chain.from_iterable(map(dict.values, maps))), limits, list(map(len, maps)),
     )  # fmt: skip
+
+
+def node_groups(batch: SampleBatch) -> list[dict[str, Any]]:
+    """``batch`` in the per-node shape: each run of samples with one node and one timestamp
+    becomes ``{"node", "ts", "values": {metric: value}}``. A metric repeated within a run
+    would be lost in its object, so that is refused."""
+    node, ts = batch.node, batch.ts
+    starts = np.flatnonzero((node[1:] != node[:-1]) | (ts[1:] != ts[:-1])) + 1
+    bounds = [0, *starts.tolist(), len(batch)] if len(batch) else []
+    nodes, stamps = node.tolist(), ts.tolist()
+    metrics, values = batch.metric.tolist(), batch.value.tolist()
+    groups = [
+        {
+            "node": nodes[a],
+            "ts": stamps[a],
+            "values": dict(zip(metrics[a:b], values[a:b], strict=True)),
+        }
+        for a, b in pairwise(bounds)
+    ]
+    if sum(len(g["values"]) for g in groups) != len(batch):
+        raise ValueError("a metric appears twice for one node and timestamp")
+    return groups
 
 
 def parse_metrics_json(body: bytes, limits: Limits) -> SampleBatch:

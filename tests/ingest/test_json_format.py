@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from predictor.ingest import IngestError, Limits, SampleBatch, parse_metrics_json
-from predictor.ingest.json_format import _bulk, _one_by_one
+from predictor.ingest.json_format import _bulk, _one_by_one, node_groups
 
 NOW = 1_764_115_200.0  # 2025-11-26T00:00:00Z
 GOOD = '{"node": "web-1", "metric": "cpu", "ts": 1764115200, "value": 0.5}'
@@ -71,6 +71,30 @@ def test_compact_list_keeps_group_order() -> None:
         "ts": [10.0, 10.0, 12.0],
         "value": [1.0, 2.0, 3.0],
     }
+
+
+def test_node_groups_write_the_per_node_shape_that_parses_back_to_the_batch() -> None:
+    batch = SampleBatch.from_columns(
+        ["a", "a", "a", "b", "a", "a"], ["x", "y", "x", "x", "x", "y"],
+        [10.0, 10.0, 20.0, 20.0, 30.0, 30.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    )  # fmt: skip
+    groups = node_groups(batch)
+    # A new object wherever the node or the timestamp changes.
+    assert [(g["node"], g["ts"], g["values"]) for g in groups] == [
+        ("a", 10.0, {"x": 1.0, "y": 2.0}),
+        ("a", 20.0, {"x": 3.0}),
+        ("b", 20.0, {"x": 4.0}),
+        ("a", 30.0, {"x": 5.0, "y": 6.0}),
+    ]
+    parsed = parse_metrics_json(orjson.dumps(groups), Limits())
+    assert parsed.to_frame().equals(batch.to_frame())
+    assert node_groups(SampleBatch.empty()) == []
+
+
+def test_node_groups_refuse_a_metric_twice_in_one_object() -> None:
+    twice = SampleBatch.from_columns(["a", "a"], ["x", "x"], [10.0, 10.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="twice"):
+        node_groups(twice)
 
 
 @pytest.mark.parametrize("body", [b'{"samples": []}', b"[]"])

@@ -67,6 +67,15 @@ def api() -> Iterator[FakeApi]:
         yield fake
 
 
+def samples_of(body: list[dict]) -> list[dict]:
+    """The samples of a body in the per-node shape, in order."""
+    return [
+        {"node": group["node"], "metric": metric, "ts": group["ts"], "value": value}
+        for group in body
+        for metric, value in group["values"].items()
+    ]
+
+
 def test_streams_every_sample_and_event_through_503s(api: FakeApi) -> None:
     api.busy = 3
     stats = stream_to_api(SPEC, base_url=api.url, speed=0)
@@ -87,7 +96,7 @@ def test_streams_every_sample_and_event_through_503s(api: FakeApi) -> None:
         "health_url": None,
     }
 
-    batches = [body["samples"] for body in api.accepted("POST", "/v1/metrics")]
+    batches = [samples_of(body) for body in api.accepted("POST", "/v1/metrics")]
     assert all(0 < len(batch) <= MAX_BATCH for batch in batches)
     received = pd.DataFrame([s for batch in batches for s in batch])
     pd.testing.assert_frame_equal(received, fleet.samples, check_dtype=False)
@@ -115,7 +124,7 @@ def test_sends_the_api_key_on_every_request_and_none_without_one(api: FakeApi) -
 def test_splits_steps_larger_than_a_batch(api: FakeApi) -> None:
     spec = FleetSpec(nodes=3, pools=1, duration_s=60, seed=1)  # 18 samples a step
     stream_to_api(spec, base_url=api.url, speed=1e9, max_batch=10)
-    batches = [len(body["samples"]) for body in api.accepted("POST", "/v1/metrics")]
+    batches = [len(samples_of(body)) for body in api.accepted("POST", "/v1/metrics")]
     assert max(batches) == 10 and len(batches) == 2 * spec.n_steps
     assert sum(batches) == len(simulate(spec).samples)
 
