@@ -53,21 +53,24 @@ def fleet_step(
     return SampleBatch.from_columns(nodes, metrics, ts, value)
 
 
+def request_parts(batch: SampleBatch, per_request: int) -> Iterator[SampleBatch]:
+    """``batch`` in consecutive parts of ``per_request`` samples (views, not copies)."""
+    for start in range(0, len(batch), per_request):
+        part = slice(start, start + per_request)
+        yield SampleBatch(batch.node[part], batch.metric[part], batch.ts[part], batch.value[part])
+
+
 def json_bodies(batch: SampleBatch, per_request: int) -> list[bytes]:
     """``POST /v1/metrics`` bodies of ``per_request`` samples each (encoded before timing)."""
     bodies = []
-    for start in range(0, len(batch), per_request):
-        part = slice(start, start + per_request)
+    for part in request_parts(batch, per_request):
         samples = [
             {"node": n, "metric": m, "ts": t, "value": v}
             for n, m, t, v in zip(
-                batch.node[part].tolist(),
-                batch.metric[part].tolist(),
-                batch.ts[part].tolist(),
-                batch.value[part].tolist(),
+                part.node.tolist(), part.metric.tolist(), part.ts.tolist(), part.value.tolist(),
                 strict=True,
             )
-        ]
+        ]  # fmt: skip
         bodies.append(orjson.dumps({"samples": samples}))
     return bodies
 
@@ -78,12 +81,7 @@ def json_group_bodies(batch: SampleBatch, per_request: int) -> list[bytes]:
     first = np.flatnonzero(np.r_[True, batch.node[1:] != batch.node[:-1]])
     run_ts = np.repeat(batch.ts[first], np.diff(np.r_[first, len(batch)]))
     stamped = SampleBatch(batch.node, batch.metric, run_ts, batch.value)
-    return [
-        orjson.dumps(
-            node_groups(stamped.take(np.arange(start, min(start + per_request, len(batch)))))
-        )
-        for start in range(0, len(batch), per_request)
-    ]
+    return [orjson.dumps(node_groups(part)) for part in request_parts(stamped, per_request)]
 
 
 @dataclass

@@ -13,6 +13,7 @@ from benchmarks.common import (
     fleet_step,
     json_bodies,
     json_group_bodies,
+    request_parts,
     running_server,
     send_all,
 )
@@ -145,13 +146,13 @@ def remote_write_bodies(batch: SampleBatch, per_request: int) -> list[bytes]:
     import cramjam  # only needed when the remote_write route exists
 
     bodies = []
-    for start in range(0, len(batch), per_request):
+    for part in request_parts(batch, per_request):
         series = []
         for node, metric, ts, value in zip(
-            batch.node[start : start + per_request].tolist(),
-            batch.metric[start : start + per_request].tolist(),
-            batch.ts[start : start + per_request].tolist(),
-            batch.value[start : start + per_request].tolist(),
+            part.node.tolist(),
+            part.metric.tolist(),
+            part.ts.tolist(),
+            part.value.tolist(),
             strict=True,
         ):
             labels = _label("__name__", metric) + _label("instance", node) + _label("job", "node")

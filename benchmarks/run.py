@@ -182,7 +182,7 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 ratio += " x engine rate offered"
             rows.append(
                 (f"end to end {run_['nodes']:,}x{e2e['metrics']} every {run_['interval_s']:g}s"
-                 f" ({run_.get('shape', 'samples')} bodies)",
+                 f" ({run_['shape']} bodies)",
                  f"{'kept up' if run_['sustained'] else 'fell behind'}; lag s [{lags}]; "
                  f"last scored {'never' if final is None else f'{final:.1f}'} s after due; "
                  f"stored {run_['samples_stored']:,}/{run_['samples_sent']:,}; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def run_fleet(
     intervals: int,
     interval_s: float,
     drain_timeout_s: float,
-    shape: str = "per-node",
+    shape: Literal["per-node", "samples"] = "per-node",
 ) -> dict[str, Any]:
     """Push one scrape of the fleet every ``interval_s`` and time how long scoring trails.
 
