@@ -8,8 +8,8 @@ import numpy as np
 from joblib import effective_n_jobs
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
-from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from threadpoolctl import ThreadpoolController
 
@@ -27,7 +27,7 @@ def _threadpools() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-CALIBRATION_FRACTION = 0.2
+CALIBRATION_FOLDS = 3
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:
@@ -139,7 +139,7 @@ class BatchModel:
     def fit(
         self, X: np.ndarray, y: np.ndarray | None = None, sample_weight: np.ndarray | None = None
     ) -> BatchModel:
-        """Fit on rows in time order (the classifier is calibrated on the latest rows).
+        """Fit on rows in time order (the classifier is calibrated out of fold).
 
         Uses ``n_jobs`` cores: IsolationForest's trees and HistGradientBoosting's OpenMP
         threads (``-1``: all of them). A large history is subsampled where that costs no
@@ -148,10 +148,10 @@ class BatchModel:
         - IsolationForest grows each tree on 256 rows drawn at random, so a uniform sample
           of ``isolation_max_rows`` is as good a pool; the imputer's medians and the
           score's scale come from the same sample.
-        - The classifier fits on every failure row before the calibration cut and a
-          uniform sample of the other rows (``classifier_max_rows`` in all, of which at
-          least half are other rows), weighted up by the inverse of their sampling rate
-          so that it learns the history's class balance; calibration uses every later row.
+        - The classifier fits on every failure row and a uniform sample of the other rows
+          (``classifier_max_rows`` in all, of which at least half are other rows),
+          weighted up by the inverse of their sampling rate so that it learns the
+          history's class balance; its calibration sees the same rows, out of fold.
         """
         rng = np.random.default_rng(self.seed)
         pool = _sample(np.arange(len(X)), self.isolation_max_rows, rng)
@@ -168,33 +168,33 @@ class BatchModel:
         self.classifier_: CalibratedClassifierCV | None = None
         if y is None:
             return self
-        # Rows come in time order: fit on the earlier part, calibrate on the later part,
-        # so the probabilities are calibrated on data the classifier has not seen.
-        cut = int(len(y) * (1 - CALIBRATION_FRACTION))
-        fit_y, calib_y = y[:cut], y[cut:]
-        if min(fit_y.sum(), (1 - fit_y).sum(), calib_y.sum()) < MIN_POSITIVES:
+        failing = int(y.sum())
+        if min(failing, len(y) - failing) < CALIBRATION_FOLDS * MIN_POSITIVES:
             return self
-        weights = None if sample_weight is None else sample_weight[:cut]
-        rows = np.arange(cut)
-        positives, negatives = rows[fit_y == 1], rows[fit_y != 1]
+        rows = np.arange(len(y))
+        positives, negatives = rows[y == 1], rows[y != 1]
         limit = max(self.classifier_max_rows - len(positives), self.classifier_max_rows // 2)
         kept = _sample(negatives, limit, rng)
-        fit_X = X[:cut]
+        fit_X, fit_y, weights = X, y, sample_weight
         if kept is not None:
             rows = np.sort(np.concatenate([positives, kept]))
-            boost = np.where(fit_y[rows] == 1, 1.0, len(negatives) / len(kept))
+            boost = np.where(y[rows] == 1, 1.0, len(negatives) / len(kept))
             weights = boost if weights is None else weights[rows] * boost
-            fit_X, fit_y = X[rows], fit_y[rows]
+            fit_X, fit_y = X[rows], y[rows]
+        base = HistGradientBoostingClassifier(
+            max_iter=150, learning_rate=0.1, l2_regularization=1.0, random_state=self.seed
+        )
+        # Out-of-fold calibration: each fold's rows are scored by a classifier that did not
+        # see them, one sigmoid maps all those scores to probabilities, and the served
+        # classifier is fitted on every row. Unshuffled stratified folds keep each fold's
+        # failures together in time (neighbouring snapshots of one failure would leak
+        # across shuffled folds). A sigmoid keeps the classifier's order: an isotonic fit
+        # on a few failures flattened it into a handful of steps.
+        folds = StratifiedKFold(n_splits=CALIBRATION_FOLDS, shuffle=False)
         with _threadpools().limit(limits=effective_n_jobs(self.n_jobs), user_api="openmp"):
-            base = HistGradientBoostingClassifier(
-                max_iter=150,
-                learning_rate=0.1,
-                l2_regularization=1.0,
-                random_state=self.seed,
+            self.classifier_ = CalibratedClassifierCV(
+                base, method="sigmoid", cv=folds, ensemble=False
             ).fit(fit_X, fit_y, sample_weight=weights)
-            self.classifier_ = CalibratedClassifierCV(FrozenEstimator(base), method="isotonic").fit(
-                X[cut:], calib_y
-            )
         return self
 
     def anomaly_score(self, X: np.ndarray) -> np.ndarray:

@@ -161,6 +161,13 @@ class ModelRegistry:
             model = joblib.load(folder / MODEL_FILE)
         except Exception as exc:  # e.g. pickled by incompatible library versions
             raise ModelError(f"model {version}: {MODEL_FILE} cannot be loaded ({exc})") from exc
+        if manifest.get("features") != model.feature_names:
+            # Saved by a version that built other feature vectors: its trees would read
+            # the wrong columns.
+            raise ModelError(
+                f"model {version}: trained on another feature layout than this version"
+                " builds; retrain it (make train)"
+            )
         return model, manifest
 
     def load_current(self) -> tuple[BatchModel, dict[str, Any]] | None:

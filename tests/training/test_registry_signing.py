@@ -137,3 +137,19 @@ def test_no_verifiable_model_means_no_model_not_a_crash(settings: Settings) -> N
     assert runtime.model_version is None and runtime.model_refused == [only]
     assert runtime.scorer.engine.model is None
     runtime.store.close()
+
+
+def test_a_model_saved_with_another_feature_layout_is_refused(settings: Settings) -> None:
+    """An upgrade that changed the node feature vector: the old file is signed and intact,
+    but its trees read other columns; it is refused, never served."""
+    registry = ModelRegistry.from_settings(settings)
+    older, newer = promoted_versions(registry, 2)
+    path = manifest_path(registry, newer)
+    manifest = json.loads(path.read_text())
+    manifest["features"] = [*manifest["features"], "cpu:last"]  # as an earlier layout had
+    manifest["hmac"] = manifest_hmac(manifest, DEV_MODEL_HMAC_KEY)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="another feature layout"):
+        registry.load(newer)
+    loaded, refused = registry.load_serving()
+    assert loaded is not None and loaded[1]["version"] == older and refused == [newer]
