@@ -277,7 +277,9 @@ class Policy:
             for row in conn.execute("SELECT node FROM node_state WHERE state = ?", (DRAINED,))
         } & members
         stale = {n for n in members if now - node_last_ts.get(n, -math.inf) > s.stale_after_s}
-        limit = min(s.budget_max_nodes, max(1, math.floor(s.budget_max_fraction * len(members))))
+        # The fraction rounds up, as Kubernetes rounds a PodDisruptionBudget's percentage
+        # maxUnavailable (25% of 6 nodes: 2); budget_max_nodes caps it either way.
+        limit = min(s.budget_max_nodes, max(1, math.ceil(s.budget_max_fraction * len(members))))
         if len(drained) >= limit:
             return f"budget: {len(drained)}/{len(members)} of pool {pool} already drained"
         healthy_after = len(members - drained - stale - {node})

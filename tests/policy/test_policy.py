@@ -240,6 +240,8 @@ def test_cooldown_after_an_undrain(make) -> None:
         (10, 3, 1.0, 3),  # the node count binds
         (8, 1, 1.0, 1),
         (3, 5, 0.25, 1),  # a small pool still gets one slot (never its last healthy node)
+        (6, 5, 0.25, 2),  # rounded up, as a PodDisruptionBudget's maxUnavailable: 1.5 -> 2
+        (4, 5, 0.25, 1),
     ],
 )
 def test_budget_per_pool(make, size: int, max_nodes: int, fraction: float, allowed: int) -> None:
