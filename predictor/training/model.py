@@ -185,15 +185,17 @@ class BatchModel:
             max_iter=150, learning_rate=0.1, l2_regularization=1.0, random_state=self.seed
         )
         # Out-of-fold calibration: each fold's rows are scored by a classifier that did not
-        # see them, one sigmoid maps all those scores to probabilities, and the served
-        # classifier is fitted on every row. Unshuffled stratified folds keep each fold's
-        # failures together in time (neighbouring snapshots of one failure would leak
-        # across shuffled folds). A sigmoid keeps the classifier's order: an isotonic fit
-        # on a few failures flattened it into a handful of steps.
+        # see them, one isotonic map turns all those scores into probabilities, and the
+        # served classifier is fitted on every row. So the calibration sees every failure
+        # of the history: fitted on the latest fifth alone, a short history's few failures
+        # there flattened the probabilities to one value. Unshuffled stratified folds keep
+        # each fold's failures together in time (neighbouring snapshots of one failure
+        # would leak across shuffled folds). Isotonic, not a sigmoid: on long simulated
+        # histories a sigmoid capped the surest failures lower and drained ~3 min later.
         folds = StratifiedKFold(n_splits=CALIBRATION_FOLDS, shuffle=False)
         with _threadpools().limit(limits=effective_n_jobs(self.n_jobs), user_api="openmp"):
             self.classifier_ = CalibratedClassifierCV(
-                base, method="sigmoid", cv=folds, ensemble=False
+                base, method="isotonic", cv=folds, ensemble=False
             ).fit(fit_X, fit_y, sample_weight=weights)
         return self
 
