@@ -136,9 +136,7 @@ class BatchModel:
     def feature_names(self) -> list[str]:
         return feature_names(self.metrics)
 
-    def fit(
-        self, X: np.ndarray, y: np.ndarray | None = None, sample_weight: np.ndarray | None = None
-    ) -> BatchModel:
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> BatchModel:
         """Fit on rows in time order (the classifier is calibrated out of fold).
 
         Uses ``n_jobs`` cores: IsolationForest's trees and HistGradientBoosting's OpenMP
@@ -176,11 +174,10 @@ class BatchModel:
         positives, negatives = rows[y == 1], rows[y != 1]
         limit = max(self.classifier_max_rows - len(positives), self.classifier_max_rows // 2)
         kept = _sample(negatives, limit, rng)
-        fit_X, fit_y, weights = X, y, sample_weight
+        fit_X, fit_y, weights = X, y, None
         if kept is not None:
             rows = np.sort(np.concatenate([positives, kept]))
-            boost = np.where(y[rows] == 1, 1.0, len(negatives) / len(kept))
-            weights = boost if weights is None else weights[rows] * boost
+            weights = np.where(y[rows] == 1, 1.0, len(negatives) / len(kept))
             fit_X, fit_y = X[rows], y[rows]
         base = HistGradientBoostingClassifier(
             max_iter=150, learning_rate=0.1, l2_regularization=1.0, random_state=self.seed
