@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from predictor.config import Settings  # noqa: E402
-from predictor.evaluation.fleet import failure_leads  # noqa: E402
+from predictor.evaluation.fleet import failure_leads, head_to_head  # noqa: E402
 from predictor.evaluation.nab import PROFILES, nab_table  # noqa: E402
 
 if TYPE_CHECKING:
@@ -62,6 +62,19 @@ def detector_table(scores: dict[str, dict[str, Any]]) -> str:
             f"| {s['false_drains_per_1000_node_days']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def head_to_head_line(pair: dict[str, Any]) -> str:
+    """Markdown: predictor against the static rules on the failures both caught."""
+    ours, theirs = pair["ours_median_min"], pair["rival_median_min"]
+    ratio = f" ({ours / theirs:.1f}x)" if ours is not None and theirs else ""
+    return (
+        f"Head to head, on the {pair['both_caught']} failures with a precursor that both "
+        "predictor and the static rules caught after its onset: median lead after onset "
+        f"{_minutes(ours)} min against {_minutes(theirs)}{ratio}; predictor drained earlier "
+        f"on {pair['ours_earlier']} of them. Caught after onset by predictor only: "
+        f"{pair['only_ours']}; by the static rules only: {pair['only_rival']}."
+    )
 
 
 def mode_table(scores: dict[str, dict[str, Any]]) -> str:
@@ -322,6 +335,15 @@ def write_report(
             case.description,
             "",
             detector_table(case.scores),
+        ]
+        pair = None
+        if case.events is not None and {"predictor", "static rules"} <= case.drains.keys():
+            pair = head_to_head(
+                ours=case.drains["predictor"], rival=case.drains["static rules"],
+                events=case.events,
+            )  # fmt: skip
+            md += ["", head_to_head_line(pair)]
+        md += [
             "",
             "Recall per failure mode (median lead time):",
             "",
@@ -333,6 +355,7 @@ def write_report(
             "description": case.description,
             "detectors": case.scores,
             "static_rules_alone": case.per_rule,
+            "head_to_head_static_rules": pair,
         }
     md += ["", "## NAB (development subset)", ""]
     if nab is not None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.evaluation.fleet import failure_leads, score_drains
+from predictor.evaluation.fleet import failure_leads, head_to_head, score_drains
 
 
 def test_leads_from_the_onset_ignore_drains_made_before_the_precursor() -> None:
@@ -55,3 +55,23 @@ def test_missed_failures_held_back_by_a_safety_limit_are_counted_apart() -> None
     assert result["caught"] == 1
     assert result["missed_held_back"] == 1
     assert score_drains(drains=drains, events=events, samples=samples)["missed_held_back"] is None
+
+
+def test_head_to_head_compares_two_detectors_on_the_failures_both_caught() -> None:
+    events = pd.DataFrame(
+        {
+            "node": ["a", "b", "c", "d"],
+            "ts": [10_000.0] * 4,
+            "kind": ["failure"] * 4,
+            "precursor_start_ts": [4_000.0, 4_000.0, 4_000.0, np.nan],
+        }
+    )
+    # a: both, ours 3000 s before; b: both, the rival earlier; c: ours only, 60 s before
+    # (it would pull our own median down); d: no precursor, left out.
+    ours = pd.DataFrame({"node": ["a", "b", "c", "d"], "ts": [7_000.0, 9_000.0, 9_940.0, 1.0]})
+    rival = pd.DataFrame({"node": ["a", "b", "d"], "ts": [9_400.0, 8_000.0, 9_000.0]})
+    pair = head_to_head(ours=ours, rival=rival, events=events)
+    assert (pair["both_caught"], pair["only_ours"], pair["only_rival"]) == (2, 1, 0)
+    assert pair["ours_median_min"] == pytest.approx((3_000 + 1_000) / 2 / 60)
+    assert pair["rival_median_min"] == pytest.approx((600 + 2_000) / 2 / 60)
+    assert pair["ours_earlier"] == 1

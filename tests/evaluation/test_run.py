@@ -56,6 +56,7 @@ def test_run_evaluation_writes_the_report(tmp_path: Path) -> None:
         "### simulated, simple names",
         "### simulated, prometheus names",
         "Recall per failure mode",
+        "Head to head, on the",
         "Each static rule alone",
         "predict_linear(disk[1h], 4h) > 1",
         "## NAB (development subset)",
@@ -80,6 +81,11 @@ def test_run_evaluation_writes_the_report(tmp_path: Path) -> None:
         assert scores["failures"] == failures  # every detector on the same fleet
         assert 0 <= scores["caught"] <= failures
         assert scores["false_drains"] <= scores["drains"]
+    pair = cases["simulated, simple names"]["head_to_head_static_rules"]
+    assert pair["both_caught"] <= min(
+        simple["predictor"]["precursor_caught_after_onset"],
+        simple["static rules"]["precursor_caught_after_onset"],
+    )
     # Our scorer gives the perfect reference result 100 on every profile.
     assert written["nab"]["numenta"]["standard"]["score"] == pytest.approx(100.0)
     assert set(written["nab"]["ensemble"]) == {
