@@ -10,8 +10,8 @@ from predictor.detectors.base import OnlineDetector, grow, rows_of
 from predictor.detectors.sustained import _DOWN, _SINCE, _UP, Sustained
 
 # Per-series state columns of the envelope.
-_N, _LO, _HI, _BROKE = range(4)
-_STATE = 4
+_N, _LO, _HI = range(3)
+_STATE = 3
 # The inner trend evidence may grow faster than Sustained's default: a clean ramp gives
 # z-scores far above 6, and the breakout gate, not the clip, keeps sawtooths out.
 INNER_DEFAULTS: dict[str, Any] = {"clip": 12.0}
@@ -31,10 +31,7 @@ class Breakout(OnlineDetector):
     A step (a batch job, a deploy) breaks the range too, but adds little trend evidence
     (the trend CUSUM winsorises rates), so the lower threshold still needs a ramp. The
     envelope stops learning while the trend evidence builds up, so a ramp cannot drag the
-    range along and hide its own breakout. Once broken out, the series stays so while its
-    trend evidence lasts: a noisy ramp whose samples dip back under the margin would
-    otherwise flicker between the two thresholds, and each dip restarts the policy's
-    episode. Only the series' own history is used.
+    range along and hide its own breakout. Only the series' own history is used.
 
     Parameters
     ----------
@@ -76,13 +73,6 @@ class Breakout(OnlineDetector):
         self.inner_ = Sustained(**(INNER_DEFAULTS | (sustained or {})))
         self.state_ = np.zeros((0, _STATE))
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Checkpoints from before the breakout was remembered: no series broken out.
-        rows = state["state_"]
-        if rows.shape[1] == _BROKE:
-            state["state_"] = np.hstack([rows, np.zeros((len(rows), 1))])
-        self.__dict__.update(state)
-
     def _ensure(self, keys: np.ndarray) -> None:
         self.state_ = grow(self.state_, int(keys.max()) + 1 if len(keys) else 0)
         self.inner_._ensure(keys)
@@ -104,9 +94,8 @@ class Breakout(OnlineDetector):
         # Counted since the series' last restart: a node back from a reboot climbs back
         # to its level from below the range, which is no breakout.
         warm = np.minimum(n, columns[_SINCE]) >= self.warmup
-        trend = np.maximum(columns[_UP], columns[_DOWN])
         breaking = warm & (beyond > self.margin * width) & (width > 0)
-        breaking |= (s[:, _BROKE] > 0) & (trend > 0)  # until the trend evidence is gone
+        trend = np.maximum(columns[_UP], columns[_DOWN])
         early = np.where(breaking, trend / (self.fraction * inner.h), 0.0)
         score = np.clip(np.maximum(base, early), 0.0, 1.0)
         # The envelope learns only while no trend builds up.
@@ -114,7 +103,6 @@ class Breakout(OnlineDetector):
         step = self.shrink * width
         out = np.empty_like(s)
         out[:, _N] = n + 1
-        out[:, _BROKE] = breaking
         out[:, _HI] = np.where(learn, np.where(first, x, np.maximum(x, hi - step)), hi)
         out[:, _LO] = np.where(learn, np.where(first, x, np.minimum(x, lo + step)), lo)
         return score, out
