@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from predictor.detectors import Breakout, Sustained
 from tests.detectors.test_sustained import baseline, feed
@@ -24,6 +25,17 @@ def test_a_ramp_past_the_range_is_reported_earlier_than_by_the_trend_alone() -> 
     assert first_alarm(early) > 300  # and nothing before the ramp
 
 
+@pytest.mark.parametrize("shape", [1.5, 2.0, 2.5])
+def test_a_slowly_starting_ramp_cannot_drag_the_range_along_before_it_is_reported(
+    shape: float,
+) -> None:
+    # A leak: the level creeps at first, then accelerates.
+    values = baseline(560)
+    values[400:] += 0.6 * np.linspace(0, 1, 160) ** shape
+    plain = first_alarm(feed(Sustained(clip=12.0), values))
+    assert first_alarm(feed(Breakout(), values)) <= plain - 10
+
+
 def test_a_sawtooth_inside_its_own_range_gets_no_earlier_alarm() -> None:
     n, period = 2400, 300
     values = baseline(n) + 0.2 * (np.arange(n) % period) / period
@@ -38,6 +50,17 @@ def test_a_step_out_of_the_range_is_not_a_trend() -> None:
     values = baseline(600)
     values[300:400] += 0.5  # a batch job pins the level, then ends
     assert feed(Breakout(), values).max() < 0.8
+
+
+def test_a_batch_job_with_a_noisy_plateau_is_no_breakout() -> None:
+    # Latency under a batch job: a step up, noisier on top. Its first sample breaks the
+    # range, and the plateau's noise keeps some trend evidence: the range must take the
+    # plateau in rather than keep it broken out.
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        values = 0.5 * np.exp(0.08 * rng.standard_normal(500))
+        values[400:445] = 0.9 * np.exp(0.08 * rng.standard_normal(45))
+        assert feed(Breakout(), values).max() < 0.8, seed
 
 
 def test_scoring_before_learning_matches_score_learn() -> None:
