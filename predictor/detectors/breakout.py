@@ -58,12 +58,12 @@ class Breakout(OnlineDetector):
     held_for
         The envelope learns the level the last ``held_for`` samples all reached (their
         minimum for the top, maximum for the bottom), so it also sits a little inside the
-        noise band, and more ramps break out before they end. On simulated fleets (one
-        sample a minute) 3 and 5 each drained earlier than 1 (the raw samples) on every
-        failure that changed and drained no more healthy nodes; 5 gained more, but on a
-        noisy batch-job plateau it took the step in so late that a noisy sample scored 0.8
-        twice in a row on 2% of plateaus (3: only once, on 3%); 10 drained healthy nodes
-        after deploys.
+        noise band, and more ramps break out before they end. On simulated development
+        fleets (one sample a minute) 3 and 5 each drained earlier than 1 (the raw samples)
+        on every failure that changed and drained no more healthy nodes; 5 gained more,
+        but on a noisy batch-job plateau it took the step in so late that a noisy sample
+        scored 0.8 twice in a row on 2% of plateaus (3: only once, on 3%); 10 drained
+        healthy nodes after deploys.
     sustained
         Parameters of the inner :class:`Sustained` over :data:`INNER_DEFAULTS` (its score
         is the floor of this one).
