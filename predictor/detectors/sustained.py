@@ -16,7 +16,6 @@ _STATE = 15
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
 _HELD_FADE = 0.7
-_FLOOR_FALL = 0.5
 
 
 class Sustained(OnlineDetector):
@@ -65,16 +64,9 @@ class Sustained(OnlineDetector):
         A gap of more than this many typical gaps (a silence) restarts the trend evidence.
     alpha_noise
         EW weight of the recent size of moves, steps at their full size. The noise floor
-        rises with it at once but falls slower than the slope ``g`` forgets: after a
-        noisy stretch ends with a step (a batch job stops), the step must fade from ``g``
-        first.
-    floor_fall
-        The floor falls at ``floor_fall * alpha``. At 1 (as fast as ``g`` forgets) the
-        standardised slope stayed where the step put it until the floor reached the quiet
-        level's noise, so a deploy and then a batch job ending on one node read as a
-        fall long enough to drain it (one false drain on a 500 node-day development
-        fleet); 0.5 removed it and drained 0.2-0.7 min later per failure on four such
-        fleets, 0.25 twice as late.
+        rises with it at once but falls only as fast as the slope ``g`` forgets
+        (``alpha``): after a noisy stretch ends with a step (a batch job stops), the step
+        must fade from ``g`` first.
     freeze
         Above this fraction of ``h`` the slope reference learns ten times slower.
     held_fade
@@ -97,7 +89,6 @@ class Sustained(OnlineDetector):
         alpha_noise: float = 0.15,
         freeze: float = 0.4,
         held_fade: float = _HELD_FADE,
-        floor_fall: float = _FLOOR_FALL,
     ):
         self.alpha = alpha
         self.alpha_ref = alpha_ref
@@ -113,7 +104,6 @@ class Sustained(OnlineDetector):
         self.alpha_noise = alpha_noise
         self.freeze = freeze
         self.held_fade = held_fade
-        self.floor_fall = floor_fall
         self.columns_ = np.zeros((_STATE, 0))
 
     def _ensure(self, keys: np.ndarray) -> None:
@@ -131,7 +121,6 @@ class Sustained(OnlineDetector):
         if len(columns) == _HELD:  # before silences were held back: none held
             columns = np.vstack([columns, np.zeros(columns.shape[1])])
         state.setdefault("held_fade", _HELD_FADE)
-        state.setdefault("floor_fall", _FLOOR_FALL)
         state["columns_"] = columns
         self.__dict__.update(state)
 
@@ -256,7 +245,7 @@ class Sustained(OnlineDetector):
         # plateau (a jump up held back by the clip, the noisier way back counted in full)
         # would read as a fall for as long as both take to forget it.
         _ew_update(s[_NOISE], moves_raw, self.alpha_noise, keep=restart if any_restart else None)
-        _ew_update(s[_FLOOR], s[_NOISE], self.alpha * self.floor_fall)
+        _ew_update(s[_FLOOR], s[_NOISE], self.alpha)
         np.maximum(s[_FLOOR], s[_NOISE], out=s[_FLOOR])
         # The gap moments start at the second sample; count them from there.
         _ew_update(s[_GAP], gap_in, a, keep=no_gap)

@@ -103,19 +103,3 @@ def test_a_silence_counts_once_scrapes_keep_going_missing() -> None:
     lone_dropped = int(np.searchsorted(ts[lone], ts[159]))
     # The silence's missed samples count after all.
     assert scores[dropped] > 2 * lone_scores[lone_dropped] > 0
-
-
-def test_a_noisy_plateau_that_ends_is_no_fall() -> None:
-    # Latency under a batch job with a deploy on top: two steps down within minutes, from a
-    # noisy level to a quiet one. The noise floor must outlast the steps in the slope.
-    peaks = {}
-    for floor_fall in (1.0, 0.5):
-        highest = 0.0
-        for seed in range(20):
-            rng = np.random.default_rng(seed)
-            values = 0.23 * np.exp(0.08 * rng.standard_normal(600))
-            values[400:460] = 0.9 * np.exp(0.08 * rng.standard_normal(60))
-            values[430:438] *= 2.0
-            highest = max(highest, feed(Sustained(clip=12.0, floor_fall=floor_fall), values).max())
-        peaks[floor_fall] = highest
-    assert peaks[0.5] < 0.5 < peaks[1.0]
