@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from predictor.detectors import Breakout, Sustained
-from predictor.detectors.breakout import _HI
+from predictor.detectors.breakout import _HI, _STATE
+from tests.detectors.test_fast_paths import legacy
 from tests.detectors.test_sustained import baseline, feed
 
 
@@ -83,12 +82,9 @@ def test_a_checkpoint_from_before_held_levels_keeps_its_range() -> None:
     values = baseline(300)
     live = Breakout()
     feed(live, values)
-    state = copy.deepcopy(vars(live))  # the inner detector is not shared
-    del state["held_for"]
-    state["state_"] = live.state_[:, :3].copy()  # count, bottom and top only
-    restored = Breakout.__new__(Breakout)
-    restored.__setstate__(state)
-    np.testing.assert_array_equal(restored.state_[:, :3], live.state_[:, :3])
+    # No held_for, and per series only count, bottom and top.
+    restored = legacy(live, {"held_for": {}, "state_": {"state_": live.state_[:, :_STATE]}})
+    np.testing.assert_array_equal(restored.state_[:, :_STATE], live.state_[:, :_STATE])
     ramp = baseline(200, seed=1) + np.r_[np.linspace(0, 1.0, 100), np.ones(100)]
     ts = 60.0 * np.arange(300, 500)
     assert first_alarm(feed(restored, ramp, ts)) == first_alarm(feed(live, ramp, ts)) < 200
