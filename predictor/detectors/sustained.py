@@ -10,8 +10,10 @@ import numpy as np
 from predictor.detectors.base import OnlineDetector, grow_columns, row_blocks, rows_of
 
 # Per-series state, one row per quantity (columnar: a fleet's column is contiguous).
-_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE, _FLOOR, _HELD = range(15)
-_STATE = 15
+_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE, _FLOOR, _HELD, _CAP = (
+    range(16)
+)
+_STATE = 16
 # Mean |diff| of white noise is 2/sqrt(pi) sigma; sigma of an EW mean of diffs ~ alpha sigma.
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
@@ -59,7 +61,12 @@ class Sustained(OnlineDetector):
         Samples before a series may score, at its start and again after a silence: a
         node back from a reboot refills its memory and caches, a ramp it shows every time.
     rate_clip
-        Rates are clipped to this many times the series' typical absolute rate.
+        Rates are clipped to this many times the series' typical absolute rate: the
+        long-run one, or the recent size of clipped moves when larger. A jump raises the
+        recent noise (and the floor) at its full size but the clip only by its clipped
+        size, so the way back down from a deploy's blip is clipped like the way up
+        (clipped against the noise the jump up made, it counted for about three times as
+        much, and with a batch job ending soon after, read as a fall).
     reset_gaps
         A gap of more than this many typical gaps (a silence) restarts the trend evidence.
     alpha_noise
@@ -120,6 +127,8 @@ class Sustained(OnlineDetector):
             columns = np.vstack([columns, columns[_NOISE]])
         if len(columns) == _HELD:  # before silences were held back: none held
             columns = np.vstack([columns, np.zeros(columns.shape[1])])
+        if len(columns) == _CAP:  # before the clip learnt clipped moves: the recent ones
+            columns = np.vstack([columns, columns[_NOISE]])
         state.setdefault("held_fade", _HELD_FADE)
         state["columns_"] = columns
         self.__dict__.update(state)
@@ -151,7 +160,7 @@ class Sustained(OnlineDetector):
         restart = first | silent
         any_restart = bool(restart.any())
         # The noise may grow with the level (latency under load): clip and floor follow
-        # the larger of the long-run and the recent size of moves.
+        # the larger of the long-run and the recent size of moves (clipped, for the clip).
         moves_now = np.maximum(abs_prev, s[_FLOOR])
         # Winsorised rate: a step counts like one large move, a ramp keeps counting. The
         # clip must stay wide of the noise: clipping most moves of a noisy stretch breaks
@@ -162,7 +171,7 @@ class Sustained(OnlineDetector):
         if any_restart:
             rate[restart] = 0.0
         moves_raw = np.abs(rate)
-        cap = np.where(settled, moves_now, moves_raw)
+        cap = np.where(settled, np.maximum(abs_prev, s[_CAP]), moves_raw)
         cap *= self.rate_clip
         np.clip(rate, -cap, cap, out=rate)
         g = rate - s[_G]
@@ -239,12 +248,14 @@ class Sustained(OnlineDetector):
         if any_first:
             dev[first] = 0.0
         s[_DEV] = dev
-        _ew_update(s[_ABS], np.abs(rate), a, keep=restart if any_restart else None)
+        clipped_moves = np.abs(rate)
+        _ew_update(s[_ABS], clipped_moves, a, keep=restart if any_restart else None)
         # The recent noise takes a step at its full size: clipped in the slope, it would
         # leave the floor low while the slope still remembers it, and a deploy's short
         # plateau (a jump up held back by the clip, the noisier way back counted in full)
         # would read as a fall for as long as both take to forget it.
         _ew_update(s[_NOISE], moves_raw, self.alpha_noise, keep=restart if any_restart else None)
+        _ew_update(s[_CAP], clipped_moves, self.alpha_noise, keep=restart if any_restart else None)
         _ew_update(s[_FLOOR], s[_NOISE], self.alpha)
         np.maximum(s[_FLOOR], s[_NOISE], out=s[_FLOOR])
         # The gap moments start at the second sample; count them from there.

@@ -64,6 +64,17 @@ def test_a_deploy_blip_reads_as_neither_a_rise_nor_a_fall(jump: int, width: int)
         assert feed(Sustained(clip=12.0), level * noise)[400:].max() < 0.2
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_a_deploy_during_a_batch_job_and_the_job_ending_stay_low(seed: int) -> None:
+    # Latency: a batch job lifts it for an hour and a deploy blips it on top; the way
+    # down from the blip and the job's end soon after are two steps down, no fall.
+    level = np.full(700, 0.25)
+    level[500:562] = 0.9
+    level[530:537] *= 2.3
+    noise = np.exp(0.08 * np.random.default_rng(seed).standard_normal(700))
+    assert feed(Sustained(clip=12.0), level * noise)[500:].max() < 0.4
+
+
 def test_a_ramp_the_series_always_shows_stays_low() -> None:
     # Sawtooth: climbs for 4 hours, drops back, again and again (log rotation).
     t = np.arange(1500)
