@@ -61,8 +61,9 @@ class Breakout(OnlineDetector):
         development fleets 3 drained earlier than ``margin`` alone on 98 failures (23 more
         on six fresh fleets), later on none, and drained no more healthy nodes; 2 gained
         more, but on noisy batch-job plateaus scored 0.8 twice in a row (a drain) on 1 of
-        200. The recent moves keep such a plateau's noise inside the margin (with the
-        long-run moves alone: 2 of 200).
+        200, with the trend's rate clip of the time (see :class:`Sustained`'s
+        ``rate_clip``; with today's, on none). The recent moves keep such a plateau's
+        noise inside the margin (with the long-run moves alone: 2 of 200).
     shrink
         Per sample, the envelope's ends move this share of its width towards each other
         (old extremes fade over about ``1 / shrink`` samples).

@@ -64,9 +64,10 @@ class Sustained(OnlineDetector):
         Rates are clipped to this many times the series' typical absolute rate: the
         long-run one, or the recent size of clipped moves when larger. A jump raises the
         recent noise (and the floor) at its full size but the clip only by its clipped
-        size, so the way back down from a deploy's blip is clipped like the way up
+        size, so the way back down from a deploy's blip is clipped nearly like the way up
         (clipped against the noise the jump up made, it counted for about three times as
-        much, and with a batch job ending soon after, read as a fall).
+        much, and with a batch job ending soon after, read as a fall). A clean fast ramp
+        opens the clip within a few samples (by up to 45% a sample).
     reset_gaps
         A gap of more than this many typical gaps (a silence) restarts the trend evidence.
     alpha_noise
