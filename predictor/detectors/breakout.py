@@ -16,6 +16,7 @@ from predictor.detectors.sustained import (
     _UP,
     Sustained,
     _bias_weight,
+    _unbias,
 )
 
 # Per-series state columns of the envelope.
@@ -175,9 +176,8 @@ class Breakout(OnlineDetector):
         # (a noisier plateau under a batch job), times the typical gap; bias-corrected
         # alike (the gap learns from one sample later: 0.3% apart once warm).
         weight = _bias_weight(self.inner_.alpha_ref, seen.astype(np.intp), lowest=1, shift=-1)
-        unbias = 1.0 if weight is None else weight
-        moves = np.maximum(columns[_ABS] / unbias, columns[_FLOOR])
-        moves *= columns[_GAP] / unbias
+        moves = np.maximum(_unbias(columns[_ABS], weight), columns[_FLOOR])
+        moves *= _unbias(columns[_GAP], weight)
         moves *= self.noise_margin
         return np.minimum(self.margin * width, moves, out=moves)
 

@@ -249,14 +249,15 @@ class Sustained(OnlineDetector):
         if any_first:
             dev[first] = 0.0
         s[_DEV] = dev
+        restarted = restart if any_restart else None
         clipped_moves = np.abs(rate)
-        _ew_update(s[_ABS], clipped_moves, a, keep=restart if any_restart else None)
+        _ew_update(s[_ABS], clipped_moves, a, keep=restarted)
         # The recent noise takes a step at its full size: clipped in the slope, it would
         # leave the floor low while the slope still remembers it, and a deploy's short
         # plateau (a jump up held back by the clip, the noisier way back counted in full)
         # would read as a fall for as long as both take to forget it.
-        _ew_update(s[_NOISE], moves_raw, self.alpha_noise, keep=restart if any_restart else None)
-        _ew_update(s[_CAP], clipped_moves, self.alpha_noise, keep=restart if any_restart else None)
+        _ew_update(s[_NOISE], moves_raw, self.alpha_noise, keep=restarted)
+        _ew_update(s[_CAP], clipped_moves, self.alpha_noise, keep=restarted)
         _ew_update(s[_FLOOR], s[_NOISE], self.alpha)
         np.maximum(s[_FLOOR], s[_NOISE], out=s[_FLOOR])
         # The gap moments start at the second sample; count them from there.
