@@ -58,7 +58,7 @@ def test_a_batch_job_with_a_noisy_plateau_is_no_breakout() -> None:
     # range, and the plateau's noise keeps some trend evidence: the range must take the
     # plateau in rather than keep it broken out.
     # Held levels make the range take the plateau in a few samples late, and a noisy
-    # sample then rarely scores 0.8 (2 of these 100 plateaus; 1 without the noise
+    # sample then rarely scores 0.8 (3 of these 100 plateaus; 1 without the noise
     # margin): never twice in a row, which a drain needs (the policy's minimum duration
     # spans two samples at one a minute).
     plateaus_with_a_high_sample = 0
