@@ -10,10 +10,13 @@ sample scores are the detector's own) and reports:
 - split halves: the threshold optimised on a random half of the files, applied to the
   other half, against that half's own optimum (mean over ``--splits`` random splits).
 
+The same categories and split halves are reported for the published detectors in
+``--reference`` (their results files), so the transferred scores compare like for like.
+
 ::
 
     python -m benchmarks.nab_robustness --nab /work/shared/datasets/nab-dev \\
-        --vary explained,alarm,alpha
+        --vary explained,alarm,alpha --reference numenta,ARTime
 """
 
 from __future__ import annotations
@@ -24,9 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from predictor.detectors import REGISTRY
 from predictor.evaluation import nab
+
+
+def reference_scores(files: list[nab.NabFile], results_dir: Path, name: str) -> list[np.ndarray]:
+    """A published detector's scores, aligned to each file's records."""
+    out = []
+    for f in files:
+        df = pd.read_csv(nab.result_path(results_dir, name, f.name))
+        stamps = pd.to_datetime(df["timestamp"]).to_numpy(dtype="datetime64[ns]")
+        if not np.array_equal(stamps, f.timestamps):
+            raise ValueError(f"{name} results for {f.name} do not match the data's records")
+        out.append(df["anomaly_score"].to_numpy(dtype=float))
+    return out
 
 
 def run_scores(files: list[nab.NabFile], detector: Any) -> list[np.ndarray]:
@@ -98,6 +114,7 @@ def report(
     if transfer:
         out["split_transfer"] = (float(np.mean(transfer)), float(np.min(transfer)))
         out["split_optimum"] = float(np.mean(optimum))
+        out["splits"] = splits
     return out
 
 
@@ -107,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--detector", default="ensemble")
     parser.add_argument("--vary", default="", help="comma-separated numeric constants")
     parser.add_argument("--splits", type=int, default=20)
+    parser.add_argument(
+        "--reference", default="", help="comma-separated detectors in NAB's reference_results"
+    )
     args = parser.parse_args(argv)
     labels = args.nab / "labels"
     files = nab.load_corpus(
@@ -123,17 +143,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             runs.append((f"{name}={scaled!r}", {name: scaled}))
     for label, params in runs:
         det = make() if not params else type(defaults)(**{**defaults._get_params(), **params})
-        out = report(files, run_scores(files, det), profiles, args.splits if not params else 0)
-        line = " / ".join(f"{out['scores'][p]:.2f}" for p in nab.PROFILES)
-        print(f"{label:28s} {line}")
-        if not params:
-            cats = ", ".join(f"{c} {s:.2f}" for c, s in out["categories"].items())
-            mean, low = out["split_transfer"]
-            print(f"  categories (standard): {cats}")
-            print(
-                f"  split halves ({args.splits}x2): threshold from the other half "
-                f"{mean:.2f} (min {low:.2f}) vs own optimum {out['split_optimum']:.2f}"
-            )
+        show(label, report(files, run_scores(files, det), profiles, 0 if params else args.splits))
+    # The published detectors, split the same way (the same seed) as the defaults.
+    for name in filter(None, args.reference.split(",")):
+        scores = reference_scores(files, args.nab / "reference_results", name)
+        show(name, report(files, scores, profiles, args.splits))
+
+
+def show(label: str, out: dict[str, Any]) -> None:
+    line = " / ".join(f"{out['scores'][p]:.2f}" for p in nab.PROFILES)
+    print(f"{label:28s} {line}")
+    if "split_transfer" in out:
+        cats = ", ".join(f"{c} {s:.2f}" for c, s in out["categories"].items())
+        mean, low = out["split_transfer"]
+        print(f"  categories (standard): {cats}")
+        print(
+            f"  split halves ({out['splits']}x2): threshold from the other half "
+            f"{mean:.2f} (min {low:.2f}) vs own optimum {out['split_optimum']:.2f}"
+        )
 
 
 if __name__ == "__main__":
