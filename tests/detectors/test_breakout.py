@@ -47,6 +47,29 @@ def test_a_sawtooth_inside_its_own_range_gets_no_earlier_alarm() -> None:
     assert early[2 * period :].max() < 0.8
 
 
+def first_drain(scores: np.ndarray, level: float = 0.8) -> int:
+    """Where the policy would drain: two samples in a row at ``level`` or above."""
+    both = np.flatnonzero((scores[1:] >= level) & (scores[:-1] >= level))
+    return int(both[0]) + 1 if len(both) else len(scores)
+
+
+def test_a_slow_ramp_does_not_drag_the_range_along_once_its_evidence_counts() -> None:
+    # A leak that starts slowly (progress ** 2.5) and pins the level at its top. While
+    # its trend evidence already suffices for a breakout, an envelope still learning
+    # its held levels follows it a few samples behind: single samples break out, a
+    # drain waits.
+    chased = stopped = 0
+    for seed in range(6):
+        values = baseline(400, seed)
+        values[200:320] += 0.3 * np.linspace(0, 1, 120) ** 2.5
+        values[320:] += 0.3
+        early = first_drain(feed(Breakout(), values))
+        late = first_drain(feed(Breakout(hold=0.4), values))
+        assert 200 < early <= late, seed
+        chased, stopped = chased + late, stopped + early
+    assert stopped < chased
+
+
 def test_a_step_out_of_the_range_is_not_a_trend() -> None:
     values = baseline(600)
     values[300:400] += 0.5  # a batch job pins the level, then ends
