@@ -15,6 +15,12 @@ def first_alarm(scores: np.ndarray, level: float = 0.8) -> int:
     return int(above[0]) if len(above) else len(scores)
 
 
+def first_drain(scores: np.ndarray, level: float = 0.8) -> int:
+    """Where the policy would drain: two samples in a row at ``level`` or above."""
+    both = np.flatnonzero((scores[1:] >= level) & (scores[:-1] >= level))
+    return int(both[0]) + 1 if len(both) else len(scores)
+
+
 def test_a_ramp_past_the_range_is_reported_earlier_than_by_the_trend_alone() -> None:
     values = baseline(500)
     values[300:] += np.linspace(0, 1.0, 400)[:200]
@@ -45,12 +51,6 @@ def test_a_sawtooth_inside_its_own_range_gets_no_earlier_alarm() -> None:
     # Once the series has shown a full cycle, its climbs stay inside the envelope.
     np.testing.assert_array_equal(early[2 * period :], plain[2 * period :])
     assert early[2 * period :].max() < 0.8
-
-
-def first_drain(scores: np.ndarray, level: float = 0.8) -> int:
-    """Where the policy would drain: two samples in a row at ``level`` or above."""
-    both = np.flatnonzero((scores[1:] >= level) & (scores[:-1] >= level))
-    return int(both[0]) + 1 if len(both) else len(scores)
 
 
 def test_a_slow_ramp_does_not_drag_the_range_along_once_its_evidence_counts() -> None:
