@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from predictor.detectors import REGISTRY
 from predictor.evaluation import nab
@@ -37,11 +36,10 @@ def reference_scores(files: list[nab.NabFile], results_dir: Path, name: str) -> 
     """A published detector's scores, aligned to each file's records."""
     out = []
     for f in files:
-        df = pd.read_csv(nab.result_path(results_dir, name, f.name))
-        stamps = pd.to_datetime(df["timestamp"]).to_numpy(dtype="datetime64[ns]")
+        stamps, scores = nab.read_result(results_dir, name, f.name)
         if not np.array_equal(stamps, f.timestamps):
             raise ValueError(f"{name} results for {f.name} do not match the data's records")
-        out.append(df["anomaly_score"].to_numpy(dtype=float))
+        out.append(scores)
     return out
 
 

@@ -225,6 +225,13 @@ def result_path(results_dir: Path | str, detector: str, name: str) -> Path:
     return Path(results_dir) / detector / category / f"{detector}_{fname}"
 
 
+def read_result(results_dir: Path | str, detector: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One results file's timestamps (datetime64[ns]) and anomaly scores."""
+    df = pd.read_csv(result_path(results_dir, detector, name))
+    ts = pd.to_datetime(df["timestamp"]).to_numpy(dtype="datetime64[ns]")
+    return ts, df["anomaly_score"].to_numpy(dtype=float)
+
+
 def score_results(
     *,
     data_dir: Path | str,
@@ -251,9 +258,8 @@ def score_results(
     parts = []
     offset = 0
     for name, wins in load_windows(windows_file).items():
-        df = pd.read_csv(result_path(results_dir, detector, name))
-        ts = pd.to_datetime(df["timestamp"]).to_numpy(dtype="datetime64[ns]")
-        p = file_parts(ts, df["anomaly_score"].to_numpy(dtype=float), wins, offset)
+        ts, scores = read_result(results_dir, detector, name)
+        p = file_parts(ts, scores, wins, offset)
         offset += p.n_windows
         parts.append(p)
     return score_parts(parts, profiles)
