@@ -189,16 +189,33 @@ def head_to_head(
 
     Each detector's median lead in :func:`score_drains` is over the failures it caught
     itself, so one that misses the hard failures (short precursors, patchy data) is not
-    marked down there for them; this compares the two on the same failures.
+    marked down there for them; this compares the two on the same failures, in all and
+    per failure mode. ``precursor_median_min`` is the median precursor length on them: the
+    lead of a drain at each precursor's first sample, the most any detector could lead by.
     """
-    mine = failure_leads(drains=ours, events=events)["onset_lead_s"]
+    leads = failure_leads(drains=ours, events=events)
+    mine = leads["onset_lead_s"]
     theirs = failure_leads(drains=rival, events=events)["onset_lead_s"]
     both = mine.notna() & theirs.notna()
-    return {
-        "both_caught": int(both.sum()),
+    precursor_s = leads["ts"] - leads["onset_ts"]
+
+    def medians(on: pd.Series) -> dict[str, Any]:
+        def minutes(lead_s: pd.Series) -> float | None:
+            return float(lead_s[on].median() / 60) if on.any() else None
+
+        return {
+            "both_caught": int(on.sum()),
+            "ours_median_min": minutes(mine),
+            "rival_median_min": minutes(theirs),
+            "precursor_median_min": minutes(precursor_s),
+        }
+
+    return medians(both) | {
         "only_ours": int((mine.notna() & theirs.isna()).sum()),
         "only_rival": int((mine.isna() & theirs.notna()).sum()),
-        "ours_median_min": float(mine[both].median() / 60) if both.any() else None,
-        "rival_median_min": float(theirs[both].median() / 60) if both.any() else None,
         "ours_earlier": int((mine[both] > theirs[both]).sum()),
+        "per_mode": {
+            mode: medians(both & (leads["mode"] == mode))
+            for mode in sorted(leads.loc[both, "mode"].unique())
+        },
     }

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from predictor.evaluation.fleet import failure_leads, head_to_head, score_drains
+from predictor.evaluation.report import head_to_head_table
 
 
 def test_leads_from_the_onset_ignore_drains_made_before_the_precursor() -> None:
@@ -63,7 +64,8 @@ def test_head_to_head_compares_two_detectors_on_the_failures_both_caught() -> No
             "node": ["a", "b", "c", "d"],
             "ts": [10_000.0] * 4,
             "kind": ["failure"] * 4,
-            "precursor_start_ts": [4_000.0, 4_000.0, 4_000.0, np.nan],
+            "mode": ["leak", "disk", "leak", "crash"],
+            "precursor_start_ts": [4_000.0, 2_000.0, 9_000.0, np.nan],
         }
     )
     # a: both, ours 3000 s before; b: both, the rival earlier; c: ours only, 60 s before
@@ -75,3 +77,20 @@ def test_head_to_head_compares_two_detectors_on_the_failures_both_caught() -> No
     assert pair["ours_median_min"] == pytest.approx((3_000 + 1_000) / 2 / 60)
     assert pair["rival_median_min"] == pytest.approx((600 + 2_000) / 2 / 60)
     assert pair["ours_earlier"] == 1
+    # A drain at the onset of a's and b's precursors (6000 and 8000 s long; c's is not
+    # one both caught) would lead by their lengths.
+    assert pair["precursor_median_min"] == pytest.approx(7_000 / 60)
+    # Per mode, on the same failures: the leak a (c is ours only) and the disk b.
+    assert pair["per_mode"] == {
+        "disk": {"both_caught": 1, "ours_median_min": pytest.approx(1_000 / 60),
+                 "rival_median_min": pytest.approx(2_000 / 60),
+                 "precursor_median_min": pytest.approx(8_000 / 60)},
+        "leak": {"both_caught": 1, "ours_median_min": pytest.approx(3_000 / 60),
+                 "rival_median_min": pytest.approx(600 / 60),
+                 "precursor_median_min": pytest.approx(6_000 / 60)},
+    }  # fmt: skip
+    table = head_to_head_table(pair).splitlines()
+    assert table[2:] == [
+        "| disk | 1 | 17 | 33 | 0.5x | 133 | 4.0x |",
+        "| leak | 1 | 50 | 10 | 5.0x | 100 | 10.0x |",
+    ]

@@ -57,6 +57,7 @@ def test_run_evaluation_writes_the_report(tmp_path: Path) -> None:
         "### simulated, prometheus names",
         "Recall per failure mode",
         "Head to head, on the",
+        "a drain at each precursor's first sample",
         "Each static rule alone",
         "predict_linear(disk[1h], 4h) > 1",
         "## NAB (development subset)",
@@ -86,6 +87,11 @@ def test_run_evaluation_writes_the_report(tmp_path: Path) -> None:
         simple["predictor"]["precursor_caught_after_onset"],
         simple["static rules"]["precursor_caught_after_onset"],
     )
+    assert ("Head to head per failure mode:" in md) == bool(pair["per_mode"])
+    if pair["both_caught"]:  # no drain after onset leads by more than the precursor lasts
+        assert pair["precursor_median_min"] >= max(
+            pair["ours_median_min"], pair["rival_median_min"]
+        )
     # Our scorer gives the perfect reference result 100 on every profile.
     assert written["nab"]["numenta"]["standard"]["score"] == pytest.approx(100.0)
     assert set(written["nab"]["ensemble"]) == {
