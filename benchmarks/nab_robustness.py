@@ -32,6 +32,15 @@ from predictor.detectors import REGISTRY
 from predictor.evaluation import nab
 
 
+def corpus(nab_dir: Path) -> tuple[list[nab.NabFile], dict[str, dict[str, float]]]:
+    """A NAB corpus's files with their windows, and its scoring profiles."""
+    labels = nab_dir / "labels"
+    files = nab.load_corpus(
+        data_dir=nab_dir / "data", windows_file=labels / "combined_windows.json"
+    )
+    return files, nab.load_profiles(labels / "profiles.json")
+
+
 def reference_scores(files: list[nab.NabFile], results_dir: Path, name: str) -> list[np.ndarray]:
     """A published detector's scores, aligned to each file's records."""
     out = []
@@ -126,11 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--reference", default="", help="comma-separated detectors in NAB's reference_results"
     )
     args = parser.parse_args(argv)
-    labels = args.nab / "labels"
-    files = nab.load_corpus(
-        data_dir=args.nab / "data", windows_file=labels / "combined_windows.json"
-    )
-    profiles = nab.load_profiles(labels / "profiles.json")
+    files, profiles = corpus(args.nab)
     make = REGISTRY[args.detector]
     defaults = make()
     runs: list[tuple[str, dict[str, Any]]] = [("defaults", {})]

@@ -7,23 +7,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks.nab_robustness import reference_scores, report
+from benchmarks.nab_robustness import corpus, reference_scores, report
 from predictor.evaluation import nab
 
 NAB_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "nab-dev"
 pytestmark = pytest.mark.skipif(not NAB_DEV.exists(), reason="NAB dev data not available")
 
 
-def corpus() -> tuple[list[nab.NabFile], dict[str, dict[str, float]]]:
-    labels = NAB_DEV / "labels"
-    files = nab.load_corpus(
-        data_dir=NAB_DEV / "data", windows_file=labels / "combined_windows.json"
-    )
-    return files, nab.load_profiles(labels / "profiles.json")
-
-
 def test_a_published_detector_is_scored_and_split_like_ours() -> None:
-    files, profiles = corpus()
+    files, profiles = corpus(NAB_DEV)
     scores = reference_scores(files, NAB_DEV / "reference_results", "numenta")
     out = report(files, scores, profiles, splits=3)
 
@@ -38,7 +30,7 @@ def test_a_published_detector_is_scored_and_split_like_ours() -> None:
 
 
 def test_results_that_do_not_match_the_records_are_refused(tmp_path: Path) -> None:
-    files, _ = corpus()
+    files, _ = corpus(NAB_DEV)
     first = files[0]
     path = nab.result_path(tmp_path, "det", first.name)
     path.parent.mkdir(parents=True)
