@@ -10,10 +10,9 @@ import numpy as np
 from predictor.detectors.base import OnlineDetector, grow_columns, row_blocks, rows_of
 
 # Per-series state, one row per quantity (columnar: a fleet's column is contiguous).
-_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE, _FLOOR, _HELD, _CAP = (
-    range(16)
-)
-_STATE = 16
+(_N, _T, _X, _G, _MU, _DEV, _ABS, _UP, _DOWN, _GAP, _MISS, _NOISE, _SINCE, _FLOOR, _HELD, _CAP,
+ _GZ) = range(17)  # fmt: skip
+_STATE = 17
 # Mean |diff| of white noise is 2/sqrt(pi) sigma; sigma of an EW mean of diffs ~ alpha sigma.
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
@@ -32,7 +31,10 @@ class Sustained(OnlineDetector):
       a step or a spike moves it for a few samples only;
     - it is standardised against the series' own slope history (slow EW mean and mean
       absolute deviation, ``alpha_ref``, bias-corrected), with a floor from the noise of the
-      rate, so a ramp the series always shows (rotation) or a slow wave scores low;
+      rate, so a ramp the series always shows (rotation) or a slow wave scores low; the
+      same slope with each move read against the floor of its own time bounds it, so the
+      last steps of a noisy stretch (a batch job winding down) do not count again as the
+      floor falls back to the quiet noise;
     - the standardised slope, clipped to ``clip``, feeds a two-sided CUSUM with allowance
       ``k``: evidence accumulates only while the unusual slope persists;
     - samples missed since the previous one (the gap over the series' typical gap, clipped
@@ -130,6 +132,10 @@ class Sustained(OnlineDetector):
             columns = np.vstack([columns, np.zeros(columns.shape[1])])
         if len(columns) == _CAP:  # before the clip learnt clipped moves: the recent ones
             columns = np.vstack([columns, columns[_NOISE]])
+        if len(columns) == _GZ:  # before moves were standardised as they came: as now
+            moves = np.maximum(columns[_ABS], columns[_FLOOR]) * _DIFF_TO_SLOPE_SIGMA
+            slope_z = (columns[_G] - columns[_MU]) / (state["alpha"] * moves + 1e-12)
+            columns = np.vstack([columns, np.clip(slope_z, -state["clip"], state["clip"])])
         state.setdefault("held_fade", _HELD_FADE)
         state["columns_"] = columns
         self.__dict__.update(state)
@@ -180,17 +186,32 @@ class Sustained(OnlineDetector):
         g += s[_G]
         if any_restart:
             g[silent] = 0.0
-        scale = moves_now
-        scale *= self.alpha * _DIFF_TO_SLOPE_SIGMA
-        np.maximum(dev_prev * 1.2533, scale, out=scale)
-        scale += 1e-12
+        # Per-move standardisation by the noise floor of the move's own time, besides
+        # the slope against today's floor: a step down at the end of a noisy stretch (a
+        # batch job's plateau ending) stays in g while the floor falls back to the quiet
+        # noise, and read against today's floor alone it counts again every sample until
+        # the floor has settled.
+        floor_scale = moves_now
+        floor_scale *= self.alpha * _DIFF_TO_SLOPE_SIGMA
+        floor_scale += 1e-12
+        gz = rate - mu_prev
+        gz /= floor_scale
+        gz -= s[_GZ]
+        gz *= self.alpha
+        gz += s[_GZ]
+        scale = np.maximum(dev_prev * 1.2533, floor_scale)
         z = g - mu_prev
         z /= scale
-        np.clip(z, -self.clip, self.clip, out=z)
         since = s[_SINCE]
         if any_restart:
             since[restart] = 0.0
         idle = since < self.warmup
+        # Clipped like z, and nothing while warming up (no floor yet): a tiny early floor
+        # must not leave a huge reading to fade for hours.
+        np.clip(gz, -self.clip, self.clip, out=gz)
+        np.copyto(gz, 0.0, where=idle)
+        # The weaker of the two readings: z between 0 and gz (so within the clip too).
+        np.clip(z, np.minimum(gz, 0.0), np.maximum(gz, 0.0), out=z)
         up = s[_UP] + z
         up -= self.k
         np.maximum(up, 0.0, out=up)
@@ -229,6 +250,7 @@ class Sustained(OnlineDetector):
         s[_T] = t
         s[_X] = x
         s[_G] = g
+        s[_GZ] = gz
         # While evidence builds up the reference barely learns: a trend that keeps going
         # must not become the series' normal before it has been reported.
         a = self.alpha_ref

@@ -95,6 +95,20 @@ def test_a_batch_job_with_a_noisy_plateau_is_no_breakout() -> None:
     assert plateaus_with_a_high_sample < 5
 
 
+def test_a_noisy_plateau_winding_down_in_two_steps_is_no_trend() -> None:
+    # p99 latency as a batch job ends: its window drains in two steps back to the quiet
+    # level. Each step stays in the slope for tens of samples while the noise floor
+    # falls back to the quiet noise: read against the falling floor alone, the fall
+    # counted again every sample and drained 3 of these 40 healthy series (a simulated
+    # fleet's one false drain). Each move is read against the floor of its own time.
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        values = 0.15 * np.exp(0.08 * rng.standard_normal(700))
+        values[400:450] = 0.65 * np.exp(0.08 * rng.standard_normal(50))
+        values[450:456] = 0.35 * np.exp(0.08 * rng.standard_normal(6))
+        assert first_alarm(feed(Breakout(), values)) == len(values), seed
+
+
 def test_a_short_blip_does_not_widen_the_range() -> None:
     # A deploy blip (two samples far above the level), then later a leak.
     values = baseline(700)
@@ -150,5 +164,7 @@ def test_a_node_climbing_back_after_a_reboot_is_no_breakout() -> None:
     keep[400:420] = False  # down for 20 minutes
     scores = feed(Breakout(), values[keep], ts[keep])
     assert scores.max() < 0.8
-    # The same climb without the silence is a breakout (a series never seen that low).
-    assert feed(Breakout(), values).max() >= 0.8
+    # The same climb with the silence not read as a restart is a breakout (a series
+    # never seen that low).
+    no_restart = Breakout(sustained={"reset_gaps": 1e9})
+    assert feed(no_restart, values[keep], ts[keep]).max() >= 0.8

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from predictor.config import Settings
-from predictor.detectors.sustained import _CAP, _FLOOR, _HELD, _N, _NOISE, _SINCE
+from predictor.detectors.sustained import _CAP, _FLOOR, _GZ, _HELD, _N, _NOISE, _SINCE
 from predictor.ingest import SampleBatch
 from predictor.scoring import ScoringEngine
 from predictor.simulate import FleetSpec, simulate
@@ -140,7 +140,8 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     expected = copy.deepcopy(engine).process(SampleBatch.from_frame(later)).risk
     # What an older version wrote: series by name in a dict, their metric names, no
     # last-fed times; in the detector no restart count, no slow-falling noise floor, no
-    # held-back silence and no recent clipped moves (its last four rows).
+    # held-back silence, no recent clipped moves and no slope read move by move (its last
+    # five rows).
     metrics, nodes = list(state.metric_ids), list(state.node_ids)
     state.__dict__["series_ids"] = {
         (nodes[state.series_node[k]], metrics[m]): k for k, m in enumerate(series_metric)
@@ -149,7 +150,7 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     del state.__dict__["n_series"]
     del state.__dict__["series_evidence_ts"]
     inner = state.evidence_detectors[0].inner_
-    inner.columns_ = inner.columns_[:-4].copy()
+    inner.columns_ = inner.columns_[:-5].copy()
     del inner.__dict__["held_fade"]
     restored = pickle.loads(pickle.dumps(state))
     assert np.isneginf(restored.series_evidence_ts).all()
@@ -158,6 +159,7 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     np.testing.assert_array_equal(columns[_FLOOR], columns[_NOISE])
     assert not columns[_HELD].any()
     np.testing.assert_array_equal(columns[_CAP], columns[_NOISE])
+    assert np.abs(columns[_GZ]).max() <= restored.evidence_detectors[0].inner_.clip
     assert restored.n_series == len(series_metric)
     np.testing.assert_array_equal(restored.series_metric, series_metric)
     engine.state = restored
