@@ -17,6 +17,7 @@ _STATE = 17
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
 _HELD_FADE = 0.7
+FREEZE = 0.2
 
 
 class Sustained(OnlineDetector):
@@ -78,7 +79,13 @@ class Sustained(OnlineDetector):
         (``alpha``): after a noisy stretch ends with a step (a batch job stops), the step
         must fade from ``g`` first.
     freeze
-        Above this fraction of ``h`` the slope reference learns ten times slower.
+        Above this fraction of ``h`` the slope reference learns ten times slower. At 0.4,
+        a leak climbing over a garbage-collection sawtooth at about twice its slope built
+        evidence to 0.23 of ``h`` while the reference learnt the leak's slope, and the
+        evidence then faded: a 170 min leak pinned memory at 100% undrained (one of four
+        fresh 500 node-day fleets). At 0.2 it drained 61 min ahead, 15 failures on those
+        fleets drained 1-2 min earlier, none later, and no healthy node either way; of
+        200 synthetic leaks over such sawtooths 1 more was caught, 38 earlier, none later.
     held_fade
         Share of a silence's held-back missed samples kept per sample that arrives on time.
     """
@@ -97,7 +104,7 @@ class Sustained(OnlineDetector):
         rate_clip: float = 4.0,
         reset_gaps: float = 5.0,
         alpha_noise: float = 0.15,
-        freeze: float = 0.4,
+        freeze: float = FREEZE,
         held_fade: float = _HELD_FADE,
     ):
         self.alpha = alpha
@@ -137,6 +144,8 @@ class Sustained(OnlineDetector):
             slope_z = (columns[_G] - columns[_MU]) / (state["alpha"] * moves + 1e-12)
             columns = np.vstack([columns, np.clip(slope_z, -state["clip"], state["clip"])])
         state.setdefault("held_fade", _HELD_FADE)
+        if state.get("freeze") == 0.4:  # the default before: detectors are made by name
+            state["freeze"] = FREEZE
         state["columns_"] = columns
         self.__dict__.update(state)
 
