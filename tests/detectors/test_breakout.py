@@ -7,7 +7,7 @@ import numpy as np
 from predictor.detectors import Breakout, Sustained
 from predictor.detectors.breakout import _HI, _STATE
 from tests.detectors.test_fast_paths import legacy
-from tests.detectors.test_sustained import STEP, baseline, feed
+from tests.detectors.test_sustained import baseline, feed, feed_many
 
 
 def first_alarm(scores: np.ndarray, level: float = 0.8) -> int:
@@ -19,17 +19,6 @@ def first_drain(scores: np.ndarray, level: float = 0.8) -> int:
     """Where the policy would drain: two samples in a row at ``level`` or above."""
     both = np.flatnonzero((scores[1:] >= level) & (scores[:-1] >= level))
     return int(both[0]) + 1 if len(both) else len(scores)
-
-
-def feed_many(detector: Breakout, values: np.ndarray) -> np.ndarray:
-    """Scores of several series (rows) fed together, one sample of each a minute."""
-    keys = np.arange(len(values))
-    return np.column_stack(
-        [
-            detector.score_learn_many(keys, column, np.full(len(keys), STEP * i))
-            for i, column in enumerate(values.T)
-        ]
-    )
 
 
 def test_a_ramp_past_the_range_is_reported_earlier_than_by_the_trend_alone() -> None:

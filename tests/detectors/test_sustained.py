@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from predictor.detectors import Sustained
+from predictor.detectors import OnlineDetector, Sustained
 from predictor.detectors.sustained import FREEZE
 
 STEP = 60.0
@@ -21,6 +21,17 @@ def feed(detector: Sustained, values: np.ndarray, ts: np.ndarray | None = None) 
         [
             detector.score_learn_many(key, np.array([v]), np.array([t]))[0]
             for v, t in zip(values, ts, strict=True)
+        ]
+    )
+
+
+def feed_many(detector: OnlineDetector, values: np.ndarray) -> np.ndarray:
+    """Scores of several series (rows) fed together, one sample of each a minute."""
+    keys = np.arange(len(values))
+    return np.column_stack(
+        [
+            detector.score_learn_many(keys, column, np.full(len(keys), STEP * i))
+            for i, column in enumerate(values.T)
         ]
     )
 
