@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +32,8 @@ class OnlineDetector(ABC):
     - ``__init__`` only stores its arguments; learnt state lives in attributes ending
       in ``_``; randomness comes from a ``seed`` argument. Instances must survive a
       ``joblib`` round trip and ``clone()``.
+    - ``layout`` names the parameters the learnt state is laid out by (see
+      :func:`carry_learnt`).
 
     >>> from predictor.detectors import EwmaZScore
     >>> det = EwmaZScore()
@@ -40,6 +43,8 @@ class OnlineDetector(ABC):
     >>> float(det.score_many(keys, np.array([9.0]), ts + 51)[0]) > 0.9
     True
     """
+
+    layout: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -71,6 +76,38 @@ class OnlineDetector(ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self._get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+def carry_learnt(fresh: Any, old: Any) -> Any | None:
+    """A copy of ``fresh`` holding what ``old`` learnt, or None if that cannot carry over.
+
+    A service restored from a checkpoint runs today's code: ``fresh`` is made with today's
+    parameters (a default changed since is taken), ``old`` comes from the checkpoint.
+    Learnt state (attributes ending in ``_``; inner detectors and other learning parts
+    carried the same way) moves across unless the classes differ or a parameter named in
+    ``layout`` does: state laid out or quantised by other values means nothing now.
+    """
+    if type(fresh) is not type(old):
+        return None
+    if any(getattr(fresh, p) != getattr(old, p, None) for p in getattr(fresh, "layout", ())):
+        return None
+    carried = copy.copy(fresh)
+    for name, mine in vars(fresh).items():
+        if not name.endswith("_"):
+            continue
+        if name not in vars(old):
+            return None
+        theirs = vars(old)[name]
+        if _learns(mine):
+            theirs = carry_learnt(mine, theirs)
+            if theirs is None:
+                return None
+        setattr(carried, name, theirs)
+    return carried
+
+
+def _learns(part: Any) -> bool:
+    return any(name.endswith("_") for name in getattr(part, "__dict__", ()))
 
 
 def _capacity(have: int, need: int) -> int:

@@ -103,6 +103,8 @@ class Breakout(OnlineDetector):
         is the floor of this one).
     """
 
+    layout = ("held_for",)  # the recent values kept per series
+
     def __init__(
         self,
         fraction: float = 0.25,

@@ -35,6 +35,7 @@ class ContextNovelty(OnlineDetector):
     """
 
     n_signals = 1
+    layout = ("levels", "context", "table_bits")  # how contexts are packed and hashed
 
     def __init__(self, levels: int = 8, context: int = 2, table_bits: int = 12, min_order: int = 0):
         self.min_order = min_order

@@ -39,6 +39,8 @@ class AnomalyLikelihood:
         constant does not turn the first small change into certainty.
     """
 
+    layout = ("n_signals",)
+
     def __init__(
         self,
         n_signals: int,

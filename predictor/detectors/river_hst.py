@@ -15,6 +15,8 @@ class RiverHalfSpaceTrees(OnlineDetector):
     path of a large fleet (see ``benchmarks/``).
     """
 
+    layout = ("n_trees", "height", "window_size", "seed")  # each model is built with them
+
     def __init__(self, n_trees: int = 10, height: int = 8, window_size: int = 100, seed: int = 0):
         self.n_trees = n_trees
         self.height = height

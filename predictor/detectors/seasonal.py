@@ -41,6 +41,7 @@ class SeasonalNovelty(OnlineDetector):
     """
 
     n_signals = 2
+    layout = ("period", "buckets")  # which phase of the day each profile row is
 
     def __init__(
         self,

@@ -17,7 +17,6 @@ _STATE = 17
 _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
 _HELD_FADE = 0.7
-FREEZE = 0.2
 
 
 class Sustained(OnlineDetector):
@@ -104,7 +103,7 @@ class Sustained(OnlineDetector):
         rate_clip: float = 4.0,
         reset_gaps: float = 5.0,
         alpha_noise: float = 0.15,
-        freeze: float = FREEZE,
+        freeze: float = 0.2,
         held_fade: float = _HELD_FADE,
     ):
         self.alpha = alpha
@@ -144,8 +143,6 @@ class Sustained(OnlineDetector):
             slope_z = (columns[_G] - columns[_MU]) / (state["alpha"] * moves + 1e-12)
             columns = np.vstack([columns, np.clip(slope_z, -state["clip"], state["clip"])])
         state.setdefault("held_fade", _HELD_FADE)
-        if state.get("freeze") == 0.4:  # the default before: detectors are made by name
-            state["freeze"] = FREEZE
         state["columns_"] = columns
         self.__dict__.update(state)
 

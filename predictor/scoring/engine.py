@@ -34,7 +34,7 @@ import pandas as pd
 
 from predictor.config import Settings
 from predictor.detectors import OnlineDetector, make_detector
-from predictor.detectors.base import grow
+from predictor.detectors.base import carry_learnt, grow
 from predictor.features import FEATURES, OnlineFeatures
 from predictor.features.node import assemble
 from predictor.ingest.batch import SampleBatch
@@ -117,6 +117,22 @@ class ScoringEngine:
         )
         self.model: BatchModel | None = None
         self.set_model(model)
+
+    def adopt(self, state: EngineState) -> list[str]:
+        """Go on from a checkpoint's state with the detectors the settings name now.
+
+        Each detector takes today's parameters and what the checkpoint's detector of its
+        class learnt, so a default changed by an upgrade, or a changed detector list,
+        takes effect at restart rather than never. Returns the names that start afresh:
+        new to the list, or learnt under another layout (see ``carry_learnt``).
+        """
+        s = self.settings
+        state.detectors, afresh = _carried(s.online_detectors, state.detectors)
+        state.evidence_detectors, evidence_afresh = _carried(
+            s.evidence_detectors, state.evidence_detectors
+        )
+        self.state = state
+        return afresh + evidence_afresh
 
     # -- model -----------------------------------------------------------------------
     def set_model(self, model: BatchModel | None) -> None:
@@ -420,6 +436,23 @@ class ScoringEngine:
     def node_last_ts(self) -> dict[str, float]:
         st = self.state
         return dict(zip(st.node_ids, st.node_ts[: len(st.node_ids)].tolist(), strict=True))
+
+
+def _carried(names: list[str], old: list[OnlineDetector]) -> tuple[list[OnlineDetector], list[str]]:
+    """Detectors made by ``names``, each with what the first unused detector of its class
+    in ``old`` learnt; and the names of those that start afresh."""
+    spare = list(old)
+    detectors, afresh = [], []
+    for name in names:
+        made = make_detector(name)
+        match = next((d for d in spare if type(d) is type(made)), None)
+        carried = None if match is None else carry_learnt(made, match)
+        if match is not None:
+            spare.remove(match)
+        if carried is None:
+            afresh.append(name)
+        detectors.append(made if carried is None else carried)
+    return detectors, afresh
 
 
 def _ids(registry: dict[str, int], names: list[str]) -> np.ndarray:

@@ -153,9 +153,11 @@ class Scorer:
         if not expected <= set(vars(state["engine"])):
             raise ValueError("written by another version of the engine")
         with self.lock:
-            self.engine.state = state["engine"]
+            afresh = self.engine.adopt(state["engine"])
             self.policy.import_state(state["policy"])
             self.latest = LatestRisk.of(state["latest"])  # older snapshots hold a dict
+        if afresh:
+            logger.warning("detectors starting afresh (new, or another layout): %s", afresh)
 
     def checkpoint(self) -> None:
         """Save the snapshot atomically to the checkpoint file (write, fsync, rename)."""

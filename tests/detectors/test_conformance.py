@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from predictor.detectors import REGISTRY, OnlineDetector, make_detector
+from predictor.detectors.base import carry_learnt
 
 
 def labelled_streams(seed: int = 0, n: int = 600, series: int = 4):
@@ -92,6 +93,22 @@ def test_clone_is_fresh_and_joblib_round_trip_keeps_state(name: str, tmp_path) -
     )
     # The clone has learnt nothing: it cannot yet tell the probe from normal.
     assert fresh.score_many(keys, probe, ts).max() <= detector.score_many(keys, probe, ts).max()
+
+
+def test_what_it_learnt_carries_into_one_made_today(name: str) -> None:
+    values, _ = labelled_streams(n=150)
+    detector = make_detector(name)
+    run(detector, values)
+    carried = carry_learnt(make_detector(name), copy.deepcopy(detector))
+    assert carried is not None
+    keys = np.arange(values.shape[1] + 1)  # one series new to both
+    for step in range(3):  # and both go on learning alike
+        probe, ts = np.append(values[-1], 10.0) + 3 * step, np.full(len(keys), 1e7 + 60 * step)
+        np.testing.assert_array_equal(
+            carried.score_learn_many(keys, probe, ts), detector.score_learn_many(keys, probe, ts)
+        )
+    other = "ewma_z" if name != "ewma_z" else "range_break"
+    assert carry_learnt(make_detector(other), detector) is None
 
 
 def test_unknown_detector_name_is_a_clear_error() -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 
 from predictor.detectors import OnlineDetector, Sustained
-from predictor.detectors.sustained import FREEZE
 
 STEP = 60.0
 
@@ -128,10 +125,3 @@ def test_a_silence_counts_once_scrapes_keep_going_missing() -> None:
     lone_dropped = int(np.searchsorted(ts[lone], ts[159]))
     # The silence's missed samples count after all.
     assert scores[dropped] > 2 * lone_scores[lone_dropped] > 0
-
-
-def test_a_checkpoint_from_before_the_lower_freeze_takes_it() -> None:
-    # Detectors are made by name with their defaults: an old default restored from a
-    # checkpoint would otherwise stay for the life of the service.
-    restored = pickle.loads(pickle.dumps(Sustained(freeze=0.4)))
-    assert restored.freeze == FREEZE == Sustained().freeze

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from predictor.config import Settings
+from predictor.detectors import Breakout, RangeBreak, Sustained
 from predictor.detectors.sustained import _CAP, _FLOOR, _GZ, _HELD, _N, _NOISE, _SINCE
 from predictor.ingest import SampleBatch
 from predictor.scoring import ScoringEngine
@@ -166,6 +167,43 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     risk = engine.process(SampleBatch.from_frame(later)).risk
     assert len(risk) == 4
     assert risk["why"].tolist() == expected["why"].tolist()
+
+
+def test_a_checkpoint_goes_on_with_todays_parameters_and_detector_list(
+    settings: Settings,
+) -> None:
+    engine = ScoringEngine(settings=settings)
+    engine.process(SampleBatch.from_frame(steady_fleet(80)))
+    # What a version with other defaults learnt and wrote.
+    breakout = engine.state.evidence_detectors[0]
+    breakout.hold, breakout.inner_.freeze = 0.4, 0.4
+    learnt = breakout.inner_.columns_.copy()
+    seen = engine.state.detectors[0].count_.copy()
+    state = pickle.loads(pickle.dumps(engine.state))
+    today = ScoringEngine(
+        settings=settings.model_copy(update={"online_detectors": ["range_break", "ewma_z"]})
+    )
+    assert today.adopt(state) == ["range_break"]
+    range_break, ewma_z = today.state.detectors
+    assert isinstance(range_break, RangeBreak) and not range_break.count_.any()
+    np.testing.assert_array_equal(ewma_z.count_, seen)
+    breakout = today.state.evidence_detectors[0]
+    assert (breakout.hold, breakout.inner_.freeze) == (Breakout().hold, Sustained().freeze)
+    np.testing.assert_array_equal(breakout.inner_.columns_, learnt)
+    later = SampleBatch.from_frame(steady_fleet(81).query("ts == 4800.0"))
+    assert len(today.process(later).risk) == 4
+
+
+def test_a_detector_learnt_under_another_layout_starts_afresh(settings: Settings) -> None:
+    engine = ScoringEngine(settings=settings)
+    engine.state.evidence_detectors = [Breakout(held_for=5)]  # five recent values a series
+    engine.process(SampleBatch.from_frame(steady_fleet(80)))
+    today = ScoringEngine(settings=settings)
+    assert today.adopt(pickle.loads(pickle.dumps(engine.state))) == ["breakout"]
+    breakout = today.state.evidence_detectors[0]
+    assert breakout.held_for == Breakout().held_for and not breakout.state_.any()
+    later = SampleBatch.from_frame(steady_fleet(81).query("ts == 4800.0"))
+    assert len(today.process(later).risk) == 4
 
 
 class ConvincedModel:

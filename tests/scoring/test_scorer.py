@@ -105,6 +105,25 @@ def test_an_unusable_checkpoint_is_ignored_and_the_log_replayed(settings: Settin
     restarted.store.close()
 
 
+def test_a_restart_runs_the_detectors_the_settings_name_now(settings: Settings) -> None:
+    runtime = Runtime.build(settings)
+    runtime.store.append_samples(SampleBatch.from_frame(history(20)))
+    runtime.scorer.drain_backlog()
+    runtime.scorer.checkpoint()
+    seen = runtime.scorer.engine.state.detectors[0].count_.copy()
+    runtime.store.close()
+    restarted = Runtime.build(
+        settings.model_copy(update={"online_detectors": ["ewma_z", "range_break"]})
+    )
+    ewma_z, range_break = restarted.scorer.engine.state.detectors
+    np.testing.assert_array_equal(ewma_z.count_, seen)  # the checkpoint's, kept
+    assert type(range_break).__name__ == "RangeBreak" and not range_break.count_.any()
+    restarted.store.append_samples(SampleBatch.from_frame(history(5, start=20)))
+    assert restarted.scorer.drain_backlog() == 5 * 6
+    assert range_break.count_[:6].tolist() == [5] * 6
+    restarted.store.close()
+
+
 def test_a_runtime_on_postgresql_scores_and_records_latest_risk(
     settings: Settings, pg_url: str
 ) -> None:
