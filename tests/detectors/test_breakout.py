@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from predictor.detectors import Breakout, Sustained
-from predictor.detectors.breakout import _HI, _STATE
+from predictor.detectors.breakout import _HI, _HI_AGE, _LO, _LO_AGE, _N
 from tests.detectors.test_fast_paths import legacy
 from tests.detectors.test_sustained import baseline, feed, feed_many
 
@@ -41,6 +41,22 @@ def test_a_ramp_past_a_range_widened_by_a_step_breaks_out_within_the_noise() -> 
         values[600:] += np.r_[np.linspace(0, 1.0, 350), np.ones(150)]
         by_noise = first_alarm(feed(Breakout(), values))
         assert 600 < by_noise < first_alarm(feed(Breakout(noise_margin=1e9), values))  # off
+
+
+def test_an_excursion_hours_ago_no_longer_hides_a_ramp() -> None:
+    # A batch job doubled the level for an hour; ten hours later a ramp builds its
+    # evidence while still under the job's top. That top, held by nothing since, now
+    # fades over about eight hours (it took seventeen), so it is down by then.
+    earlier = 0
+    for seed in range(8):
+        values = baseline(1700, seed)
+        values[100:160] += 0.4
+        values[760:] += 1.2 * np.clip(np.arange(940) / 300, 0, 1) ** 1.5
+        now = first_drain(feed(Breakout(), values))
+        before = first_drain(feed(Breakout(shrink=1e-3, rest=0), values))
+        assert 760 < now <= before, seed
+        earlier += now < before
+    assert earlier > 4
 
 
 def test_a_sawtooth_inside_its_own_range_gets_no_earlier_alarm() -> None:
@@ -122,12 +138,17 @@ def test_a_noisy_plateau_winding_down_in_two_steps_is_no_trend() -> None:
     # falls back to the quiet noise: read against the falling floor alone, the fall
     # counted again every sample and drained 3 of these 40 healthy series (a simulated
     # fleet's one false drain). Each move is read against the floor of its own time.
+    # And the range's bottom, held just before the plateau, does not fade during it:
+    # fading (no rest), it rose so far that the quiet level after it broke out below.
+    faded_bottom_alarms = 0
     for seed in range(40):
         rng = np.random.default_rng(seed)
         values = 0.15 * np.exp(0.08 * rng.standard_normal(700))
         values[400:450] = 0.65 * np.exp(0.08 * rng.standard_normal(50))
         values[450:456] = 0.35 * np.exp(0.08 * rng.standard_normal(6))
         assert first_alarm(feed(Breakout(), values)) == len(values), seed
+        faded_bottom_alarms += first_alarm(feed(Breakout(rest=0), values)) < len(values)
+    assert faded_bottom_alarms > 0
 
 
 def test_a_short_blip_does_not_widen_the_range() -> None:
@@ -155,13 +176,29 @@ def test_a_checkpoint_from_before_held_levels_keeps_its_range() -> None:
     live = Breakout()
     feed(live, values)
     # No held_for nor noise_margin, and per series only count, bottom and top.
+    envelope = [_N, _LO, _HI]
     restored = legacy(
-        live, {"held_for": {}, "noise_margin": {}, "state_": {"state_": live.state_[:, :_STATE]}}
+        live,
+        {"held_for": {}, "noise_margin": {}, "state_": {"state_": live.state_[:, envelope]}},
     )
-    np.testing.assert_array_equal(restored.state_[:, :_STATE], live.state_[:, :_STATE])
+    np.testing.assert_array_equal(restored.state_[:, envelope], live.state_[:, envelope])
+    assert not restored.state_[:, [_LO_AGE, _HI_AGE]].any()  # both ends as just held
     ramp = baseline(200, seed=1) + np.r_[np.linspace(0, 1.0, 100), np.ones(100)]
     ts = 60.0 * np.arange(300, 500)
     assert first_alarm(feed(restored, ramp, ts)) == first_alarm(feed(live, ramp, ts)) < 200
+
+
+def test_a_checkpoint_from_before_the_ends_rested_keeps_its_range() -> None:
+    live = Breakout()
+    feed(live, baseline(300))
+    ages = [_LO_AGE, _HI_AGE]
+    restored = legacy(live, {"rest": {}, "state_": {"state_": np.delete(live.state_, ages, 1)}})
+    assert restored.rest == 0  # it goes on as it ran, every end fading
+    expected = live.state_.copy()
+    expected[:, ages] = 0  # both ends as just held
+    np.testing.assert_array_equal(restored.state_, expected)
+    ramp = baseline(200, seed=1) + np.r_[np.linspace(0, 1.0, 100), np.ones(100)]
+    assert 0 < first_alarm(feed(restored, ramp, 60.0 * np.arange(300, 500))) < 200
 
 
 def test_scoring_before_learning_matches_score_learn() -> None:
