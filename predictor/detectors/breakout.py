@@ -77,14 +77,14 @@ class Breakout(OnlineDetector):
         for over ten minutes stayed under a top an earlier excursion had left at 0.74 s
         (0.65 s now, which drained it 11 min earlier). Fading faster alone also lifted
         the bottom under an hour-long plateau, so the quiet level after it broke out
-        below, and a five-hour sawtooth's climbs broke out of a range faded between its
-        peaks; an end held within the last two hours does not fade. On eight fresh
-        fleets (2,192 node-days) 2e-3 with a 120-sample rest drained 65 failures earlier
-        than 1e-3 without (193 min in all) and 10 later (23 min), and no healthy node
-        either way; noisy batch-job plateaus and sawtooths as before, slow latency ramps
-        on quiet series 2 samples later (the top of the noise band no longer fades while
-        the noise keeps reaching it). On four further fresh fleets, not used to choose
-        it: 3 earlier (14 min), 2 later (5 min), no healthy node either way.
+        below, and a five-hour sawtooth's falls broke out below a bottom faded up since
+        its last trough; an end held within the last two hours does not fade. On eight
+        fresh fleets (2,192 node-days) 2e-3 with a 120-sample rest drained 65 failures
+        earlier than 1e-3 without (193 min in all) and 10 later (23 min), and no healthy
+        node either way; noisy batch-job plateaus and sawtooths as before, slow latency
+        ramps on quiet series 2 samples later (the top of the noise band no longer fades
+        while the noise keeps reaching it). On four further fresh fleets, not used to
+        choose it: 3 earlier (14 min), 2 later (5 min), no healthy node either way.
     warmup
         Samples before a series' envelope may declare a breakout, at its start and after
         each silence (see :class:`Sustained`).
