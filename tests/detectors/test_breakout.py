@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from predictor.detectors import Breakout, Sustained
 from predictor.detectors.breakout import _HI, _HI_AGE, _LO, _LO_AGE, _N
@@ -43,30 +44,45 @@ def test_a_ramp_past_a_range_widened_by_a_step_breaks_out_within_the_noise() -> 
         assert 600 < by_noise < first_alarm(feed(Breakout(noise_margin=1e9), values))  # off
 
 
-def test_an_excursion_hours_ago_no_longer_hides_a_ramp() -> None:
-    # A batch job doubled the level for an hour; ten hours later a ramp builds its
-    # evidence while still under the job's top. That top, held by nothing since, now
-    # fades over about eight hours (it took seventeen), so it is down by then.
+@pytest.mark.parametrize(
+    ("onset", "older", "at_least_earlier"),
+    [
+        # Ten hours after the job: its top, held by nothing since, fades while ends
+        # that took seventeen hours to fade (and never rested) still stood high.
+        (760, {"shrink": 1e-3, "rest": 0, "near": 0}, 5),
+        # Six hours after: it fades within about an hour of resting two; fading over
+        # eight hours, it still stood a third of the way up.
+        (500, {"shrink": 2e-3, "near": 0}, 8),
+    ],
+)
+def test_an_excursion_hours_ago_no_longer_hides_a_ramp(
+    onset: int, older: dict[str, float], at_least_earlier: int
+) -> None:
+    # A batch job doubled the level for an hour; hours later a ramp builds its evidence
+    # while still under the job's top.
     earlier = 0
     for seed in range(8):
-        values = baseline(1700, seed)
+        values = baseline(onset + 600, seed)
         values[100:160] += 0.4
-        values[760:] += 1.2 * np.clip(np.arange(940) / 300, 0, 1) ** 1.5
+        values[onset:] += 1.2 * np.clip(np.arange(600) / 300, 0, 1) ** 1.5
         now = first_drain(feed(Breakout(), values))
-        before = first_drain(feed(Breakout(shrink=1e-3, rest=0), values))
-        assert 760 < now <= before, seed
+        before = first_drain(feed(Breakout(**older), values))
+        assert onset < now <= before, seed
         earlier += now < before
-    assert earlier > 4
+    assert earlier >= at_least_earlier
 
 
 def test_a_sawtooth_inside_its_own_range_gets_no_earlier_alarm() -> None:
     n, period = 2400, 300
     values = baseline(n) + 0.2 * (np.arange(n) % period) / period
     plain = feed(Sustained(), values)
-    early = feed(Breakout(), values)
-    # Once the series has shown a full cycle, its climbs stay inside the envelope.
-    np.testing.assert_array_equal(early[2 * period :], plain[2 * period :])
-    assert early[2 * period :].max() < 0.8
+    # Once the series has shown a full cycle, its climbs stay inside an envelope whose
+    # ends rest for a cycle.
+    resting = feed(Breakout(rest=period), values)
+    np.testing.assert_array_equal(resting[2 * period :], plain[2 * period :])
+    # Where the top has faded since the last peak a climb breaks out, with the little
+    # trend evidence a climb the series repeats builds.
+    assert feed(Breakout(), values)[2 * period :].max() < 0.8
 
 
 def test_a_slow_ramp_does_not_drag_the_range_along_once_its_evidence_counts() -> None:
@@ -139,16 +155,18 @@ def test_a_noisy_plateau_winding_down_in_two_steps_is_no_trend() -> None:
     # counted again every sample and drained 3 of these 40 healthy series (a simulated
     # fleet's one false drain). Each move is read against the floor of its own time.
     # And the range's bottom, held just before the plateau, does not fade during it:
-    # fading (no rest), it rose so far that the quiet level after it broke out below.
-    faded_bottom_alarms = 0
+    # fading (no rest), it rose so far that the quiet level after it broke out below;
+    # resting only since the noise last reached its very extreme, it faded too.
+    faded_bottom_alarms = {"no rest": 0, "extreme only": 0}
     for seed in range(40):
         rng = np.random.default_rng(seed)
         values = 0.15 * np.exp(0.08 * rng.standard_normal(700))
         values[400:450] = 0.65 * np.exp(0.08 * rng.standard_normal(50))
         values[450:456] = 0.35 * np.exp(0.08 * rng.standard_normal(6))
         assert first_alarm(feed(Breakout(), values)) == len(values), seed
-        faded_bottom_alarms += first_alarm(feed(Breakout(rest=0), values)) < len(values)
-    assert faded_bottom_alarms > 0
+        for name, detector in (("no rest", Breakout(rest=0)), ("extreme only", Breakout(near=0))):
+            faded_bottom_alarms[name] += first_alarm(feed(detector, values)) < len(values)
+    assert min(faded_bottom_alarms.values()) > 0, faded_bottom_alarms
 
 
 def test_a_short_blip_does_not_widen_the_range() -> None:
@@ -192,8 +210,11 @@ def test_a_checkpoint_from_before_the_ends_rested_keeps_its_range() -> None:
     live = Breakout()
     feed(live, baseline(300))
     ages = [_LO_AGE, _HI_AGE]
-    restored = legacy(live, {"rest": {}, "state_": {"state_": np.delete(live.state_, ages, 1)}})
-    assert restored.rest == 0  # it goes on as it ran, every end fading
+    restored = legacy(
+        live, {"rest": {}, "near": {}, "state_": {"state_": np.delete(live.state_, ages, 1)}}
+    )
+    # It goes on as it ran: every end fading, held only where the level reaches it.
+    assert (restored.rest, restored.near) == (0, 0)
     expected = live.state_.copy()
     expected[:, ages] = 0  # both ends as just held
     np.testing.assert_array_equal(restored.state_, expected)
