@@ -73,9 +73,9 @@ class Breakout(OnlineDetector):
         job's top, a third of the way down. On six fresh fleets (1,192 node-days) 2e-2
         drained 59 failures earlier than 2e-3 (291 min in all) and 2 later (3 min), and
         no healthy node either way; noisy batch-job plateaus and sawtooths as before.
-        5e-2 gained little more (61 earlier, 312 min). On six further fresh fleets
-        (1,192 node-days), not used to choose it: 43 earlier (187 min), 2 later (4 min),
-        no healthy node either way.
+        5e-2 gained little more (61 earlier, 312 min). On eight further fresh fleets
+        (2,192 node-days), not used to choose it: 97 earlier (395 min), 3 later (11
+        min), no healthy node either way.
     rest
         Samples an end stays put after the level last held it. An excursion (a batch
         job, a deploy) widens the range, and a ramp whose trend evidence already
