@@ -32,13 +32,8 @@ class NodeTrack:
 
     above_since: float | None = None
     below_since: float | None = None
-    seen_ts: float = -math.inf  # the latest evaluation walked
     last_action_ts: float = -math.inf
     blocked_reason: str | None = None
-
-    def end_episode(self) -> None:
-        self.above_since = None
-        self.blocked_reason = None
 
 
 class Policy:
@@ -136,7 +131,8 @@ class Policy:
         for i in np.flatnonzero((loud == 0) & (seen > 0) & ~drained).tolist():
             track = self.tracks.get(names[i])
             if track is not None:
-                track.end_episode()
+                track.above_since = None
+                track.blocked_reason = None
         return ordered[((loud > 0) | drained)[codes]]
 
     def _maybe_recover(
@@ -164,14 +160,9 @@ class Policy:
         node_last_ts: dict[str, float],
     ) -> dict[str, Any] | None:
         s = self.settings
-        # An episode is one run of evaluations. A node silent for longer than a scrape or
-        # two (it failed, it rebooted) starts afresh on its return: its first evaluation
-        # back, on features straddling the silence, is no minute of sustained risk.
-        if ts - track.seen_ts > s.stale_after_s:
-            track.end_episode()
-        track.seen_ts = ts
         if risk < s.exit_threshold:
-            track.end_episode()
+            track.above_since = None
+            track.blocked_reason = None
             return None
         if risk < s.enter_threshold and track.above_since is None:
             return None  # hysteresis: between the thresholds nothing starts
@@ -237,8 +228,9 @@ class Policy:
                 (node, DRAINED, ts, recorded["id"]),
             )
         track.last_action_ts = ts
-        track.end_episode()
+        track.above_since = None
         track.below_since = None
+        track.blocked_reason = None
         if not s.dry_run:
             recorded = self._execute(recorded, meta, registry)
         return recorded

@@ -196,21 +196,6 @@ def test_an_episode_ends_below_the_exit_threshold(make) -> None:
     assert act["ts"] == 100
 
 
-def test_an_episode_ends_when_the_node_falls_silent(make) -> None:
-    # High risk for less than the minimum duration; the node fails and is silent for 20
-    # minutes. On its return its first evaluation is high again (its features straddle
-    # the silence): no drain until the risk has held for a minute since.
-    h = make()
-    assert h.run("web-1", [(0, 0.95), (30, 0.95)]) == []
-    assert h.run("web-1", [(1230, 0.95)]) == []
-    [act] = h.run("web-1", [(1290, 0.95)])  # a minute of risk after its return
-    assert "episode of 60s" in act["reason"]
-    # One scrape missed in between (100 s) is still one run.
-    assert h.run("web-2", [(0, 0.95)]) == []
-    [act] = h.run("web-2", [(100, 0.95)])
-    assert act["ts"] == 100
-
-
 def test_minimum_duration_is_event_time_and_rows_are_sorted(make) -> None:
     h = make()
     rows = [("web-1", t, 0.95) for t in (60, 50, 40, 30, 20, 10, 0)]  # arrives unsorted
