@@ -72,6 +72,23 @@ def test_an_excursion_hours_ago_no_longer_hides_a_ramp(
     assert earlier >= at_least_earlier
 
 
+def test_a_ramp_whose_noise_grows_with_it_breaks_out_on_its_held_level() -> None:
+    # p99 latency climbing to four times its level, its noise a share of the level: the
+    # ramp's own noise widens the margin a single sample must clear, while the level it
+    # holds is already well past the range by the series' long-run moves.
+    onset, n = 580, 700
+    rows = []
+    for seed in range(20):
+        values = 0.2 * np.exp(0.08 * np.random.default_rng(seed).standard_normal(n))
+        values[onset:] *= 1 + 3 * (np.arange(n - onset) / (n - onset)) ** 1.5
+        rows.append(values)
+    now = [first_drain(s) for s in feed_many(Breakout(), np.stack(rows))]
+    single = Breakout(held_noise_margin=1e9)  # single samples alone break out
+    before = [first_drain(s) for s in feed_many(single, np.stack(rows))]
+    assert all(onset < a <= b for a, b in zip(now, before, strict=True))
+    assert sum(a < b for a, b in zip(now, before, strict=True)) >= 4
+
+
 def test_a_sawtooth_inside_its_own_range_gets_no_earlier_alarm() -> None:
     n, period = 2400, 300
     values = baseline(n) + 0.2 * (np.arange(n) % period) / period
