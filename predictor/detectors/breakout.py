@@ -218,30 +218,32 @@ class Breakout(OnlineDetector):
         # Counted since the series' last restart: a node back from a reboot climbs back
         # to its level from below the range, which is no breakout.
         warm = np.minimum(n, columns[_SINCE]) >= self.warmup
-        needed = self._needed(columns, n + 1, width)
-        # The level held over the last samples, this one included, against the long-run
-        # moves: a ramp whose noise grows with it does not widen this margin.
-        held_top = np.minimum(s[:, _STATE + 1 :].min(axis=1, initial=np.inf), x)
-        held_bottom = np.maximum(s[:, _STATE + 1 :].max(axis=1, initial=-np.inf), x)
-        held_beyond = np.maximum(held_top - hi, lo - held_bottom)
-        held_needed = self._needed(columns, n + 1, width, recent=False)
-        breaking = (beyond > needed) | (held_beyond > held_needed)
-        breaking &= warm & (width > 0)
-        trend = np.maximum(columns[_UP], columns[_DOWN])
-        early = np.where(breaking, trend / (self.fraction * inner.h), 0.0)
-        score = np.clip(np.maximum(base, early), 0.0, 1.0)
         out = np.empty_like(s)
         out[:, _N] = n + 1
         recent = out[:, _STATE:]
         recent[:, :-1] = s[:, _STATE + 1 :]
         recent[:, -1] = x
         recent[first] = x[first, None]
+        # The levels held over the last samples, this one included (column by column:
+        # a reduction along rows of a few values costs several times more).
+        held_hi, held_lo = recent[:, 0].copy(), recent[:, 0].copy()
+        for j in range(1, recent.shape[1]):
+            np.minimum(held_hi, recent[:, j], out=held_hi)
+            np.maximum(held_lo, recent[:, j], out=held_lo)
+        needed, held_needed = self._needed(columns, n + 1, width)
+        # A held level is read against the long-run moves alone: a ramp whose noise grows
+        # with it does not widen that margin.
+        held_beyond = np.maximum(held_hi - hi, lo - held_lo)
+        breaking = (beyond > needed) | (held_beyond > held_needed)
+        breaking &= warm & (width > 0)
+        trend = np.maximum(columns[_UP], columns[_DOWN])
+        early = np.where(breaking, trend / (self.fraction * inner.h), 0.0)
+        score = np.clip(np.maximum(base, early), 0.0, 1.0)
         # The envelope learns the levels held over the last samples (a spike or a short
         # blip moves neither end), and only while no trend builds up.
         learn = first | (trend <= self.hold * inner.h)
         # An end fades only once the level has not held it for ``rest`` samples: an old
         # excursion's extreme goes, the bottom under an hour-long plateau stays.
-        held_hi, held_lo = recent.min(axis=1), recent.max(axis=1)
         # A level within the breakout's margin of an end holds it: noise rarely reaches
         # the very extreme that set an end, and an end that aged through quiet hours
         # would fade from the first sample the level moved away.
@@ -258,23 +260,24 @@ class Breakout(OnlineDetector):
         return score, out
 
     def _needed(
-        self, columns: np.ndarray, seen: np.ndarray, width: np.ndarray, *, recent: bool = True
-    ) -> np.ndarray:
-        """How far beyond the envelope breaks out: the nearer of its two margins.
+        self, columns: np.ndarray, seen: np.ndarray, width: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """How far beyond the envelope a sample, and a held level, break out.
 
-        ``columns`` is the inner state after ``seen`` samples of each series; without
-        ``recent``, for a held level: the long-run moves alone, ``held_noise_margin`` times.
+        Each the nearer of two margins: a share of the width, or the series' typical
+        moves. ``columns`` is the inner state after ``seen`` samples of each series.
         """
-        # The inner detector's long-run mean absolute rate, or its recent one when larger
-        # (a noisier plateau under a batch job), times the typical gap; bias-corrected
-        # alike (the gap learns from one sample later: 0.3% apart once warm).
+        # The inner detector's long-run mean absolute rate (for a sample: or its recent
+        # one when larger, a noisier plateau under a batch job), times the typical gap;
+        # bias-corrected alike (the gap learns from one sample later: 0.3% apart once warm).
         weight = _bias_weight(self.inner_.alpha_ref, seen.astype(np.intp), lowest=1, shift=-1)
-        moves = _unbias(columns[_ABS], weight)
-        # A new array either way: the scaling below is in place.
-        moves = np.maximum(moves, columns[_FLOOR]) if recent else moves.copy()
-        moves *= _unbias(columns[_GAP], weight)
-        moves *= self.noise_margin if recent else self.held_noise_margin
-        return np.minimum(self.margin * width, moves, out=moves)
+        gap = _unbias(columns[_GAP], weight)
+        long_run = _unbias(columns[_ABS], weight) * gap
+        moves = np.maximum(long_run, columns[_FLOOR] * gap)
+        room = self.margin * width
+        moves *= self.noise_margin
+        long_run *= self.held_noise_margin
+        return np.minimum(room, moves, out=moves), np.minimum(room, long_run, out=long_run)
 
     def score_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
         self._ensure(keys)
