@@ -72,12 +72,12 @@ class Breakout(OnlineDetector):
         grow with a ramp whose noise grows with its level (p99 latency): a latency ramp
         already past the range by twice its long-run moves, with evidence past the
         breakout's share, waited 15 min for a sample beyond the margin its own noise had
-        widened. A noisy plateau's single samples need the recent margin; all of the
-        held samples beyond the long-run one are rarer than that. On eight fresh fleets
+        widened. A noisy plateau's single samples need the recent margin; its held
+        samples all past the long-run one are rarer than that. On eight fresh fleets
         (2,192 node-days) 2 drained 28 failures earlier (101 min in all), none later,
         caught 2 more, and no healthy node either way; synthetic noisy plateaus,
-        sawtooths and deploy blips drained none either way. On four further fresh
-        fleets (1,096 node-days), not used to choose it: 12 earlier (34 min), none later,
+        sawtooths and deploy blips drained none either way. On eight further fresh
+        fleets (3,096 node-days), not used to choose it: 37 earlier (85 min), none later,
         no healthy node either way.
     shrink
         Per sample, an end the level has not held for ``rest`` samples moves this share
