@@ -70,8 +70,8 @@ class Breakout(OnlineDetector):
         How far beyond the envelope, in the series' long-run typical moves alone, the
         level held over the last ``held_for`` samples also breaks out. The recent moves
         grow with a ramp whose noise grows with its level (p99 latency): a latency ramp
-        already past the range by twice its long-run moves, with evidence past the
-        breakout's share, waited 15 min for a sample beyond the margin its own noise had
+        with evidence past the breakout's share held its level past the range by twice
+        its long-run moves 15 min before a sample cleared the margin its own noise had
         widened. A noisy plateau's single samples need the recent margin; its held
         samples all past the long-run one are rarer than that. On eight fresh fleets
         (2,192 node-days) 2 drained 28 failures earlier (101 min in all), none later,
