@@ -82,9 +82,10 @@ def test_a_ramp_whose_noise_grows_with_it_breaks_out_on_its_held_level() -> None
         values = 0.2 * np.exp(0.08 * np.random.default_rng(seed).standard_normal(n))
         values[onset:] *= 1 + 3 * (np.arange(n - onset) / (n - onset)) ** 1.5
         rows.append(values)
-    now = [first_drain(s) for s in feed_many(Breakout(), np.stack(rows))]
+    ramps = np.stack(rows)
+    now = [first_drain(s) for s in feed_many(Breakout(), ramps)]
     single = Breakout(held_noise_margin=1e9)  # single samples alone break out
-    before = [first_drain(s) for s in feed_many(single, np.stack(rows))]
+    before = [first_drain(s) for s in feed_many(single, ramps)]
     assert all(onset < a <= b for a, b in zip(now, before, strict=True))
     assert sum(a < b for a, b in zip(now, before, strict=True)) >= 4
 
