@@ -63,6 +63,23 @@ def test_a_noisier_plateau_and_the_step_back_stay_low(seed: int) -> None:
     assert feed(Sustained(clip=12.0), level * noise).max() < 0.5
 
 
+def test_a_fill_soon_after_a_log_rotation_builds_evidence_within_minutes() -> None:
+    # A disk grows slowly and its log rotation drops it by hundreds of typical moves;
+    # 15 minutes later it starts filling. The slope keeps no more of the drop than the
+    # clip, and nor does the noise floor, so the fill is not read against the drop.
+    minute = np.arange(900)
+    rng = np.random.default_rng(0)
+    values = 0.55 + 2e-4 * np.mod(minute, 600) + 5e-4 * rng.standard_normal(len(minute))
+    fill_from = 615
+    values[fill_from:] += 0.4 * ((minute[fill_from:] - fill_from) / 285) ** 2
+    first = {}
+    for name, detector in (("capped", Sustained()), ("full size", Sustained(step_noise=None))):
+        scores = feed(detector, values)
+        assert scores[:fill_from].max() < 0.1, name  # the drop itself is no trend
+        first[name] = int(np.argmax(scores >= 0.25))
+    assert fill_from < first["capped"] < first["full size"] - 15, first
+
+
 @pytest.mark.parametrize("jump", [4, 8])
 @pytest.mark.parametrize("width", [3, 5, 8])
 def test_a_deploy_blip_reads_as_neither_a_rise_nor_a_fall(jump: int, width: int) -> None:
