@@ -32,6 +32,7 @@ class NodeTrack:
 
     above_since: float | None = None
     below_since: float | None = None
+    below_seen_ts: float = -math.inf  # the latest evaluation below exit while drained
     last_action_ts: float = -math.inf
     blocked_reason: str | None = None
 
@@ -142,7 +143,11 @@ class Policy:
         if risk >= s.exit_threshold:
             track.below_since = None
             return None
-        track.below_since = track.below_since if track.below_since is not None else ts
+        # A silence (an outage, a reboot) is not time seen healthy: the node recovers on
+        # what it reports once it is back.
+        if track.below_since is None or ts - track.below_seen_ts > s.stale_after_s:
+            track.below_since = ts
+        track.below_seen_ts = ts
         if s.auto_undrain and ts - track.below_since >= s.recovery_s:
             reason = f"risk {risk:.2f} below {s.exit_threshold} for {ts - track.below_since:.0f}s"
             return self.undrain(node, reason=f"recovered: {reason}", ts=ts, risk=risk)

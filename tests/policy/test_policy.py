@@ -458,6 +458,18 @@ def test_automatic_undrain_after_sustained_recovery(make) -> None:
     assert h.drained() == set()
 
 
+def test_a_silence_does_not_count_towards_recovery(make) -> None:
+    h = make(dry_run=False)
+    h.run("web-1", high(0, 60))
+    assert h.run("web-1", high(70, 300, risk=0.1)) == []
+    # Silent for an hour (an outage, a reboot); its first low risks after it start the
+    # clock again: ten minutes of them, not of the silence, return it to service.
+    assert h.run("web-1", high(3900, 4490, risk=0.1)) == []
+    [act] = h.run("web-1", [(4500, 0.1)])
+    assert act["action"] == "undrain" and act["reason"].startswith("recovered: risk 0.10")
+    assert "for 600s" in act["reason"]
+
+
 def test_no_automatic_undrain_when_disabled(make) -> None:
     h = make(auto_undrain=False)
     h.run("web-1", high(0, 60))
