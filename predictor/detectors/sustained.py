@@ -95,7 +95,7 @@ class Sustained(OnlineDetector):
         typical moves) kept a disk's floor up for over an hour, and a disk filling from
         a quarter of an hour after it built no evidence for 30 minutes. On four fresh
         fleets (1,096 node-days) 4 drained 12 failures earlier (132 min in all; that disk
-        24), none later, and no healthy node either way; on four further fresh fleets,
+        24), none later, and drained the same healthy node either way; on four further,
         not used to choose it, 8 earlier (21 min), none later, no healthy node. At 2 a
         deploy blip read as a fall and a noisy plateau winding down alarmed.
     """
