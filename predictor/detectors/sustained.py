@@ -74,7 +74,7 @@ class Sustained(OnlineDetector):
     reset_gaps
         A gap of more than this many typical gaps (a silence) restarts the trend evidence.
     alpha_noise
-        EW weight of the recent size of moves, steps nearly at full size. The noise floor
+        EW weight of the recent size of moves (a step up to ``step_noise`` clips). The floor
         rises with it at once but falls only as fast as the slope ``g`` forgets
         (``alpha``): after a noisy stretch ends with a step (a batch job stops), the step
         must fade from ``g`` first.
