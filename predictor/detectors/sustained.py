@@ -95,9 +95,9 @@ class Sustained(OnlineDetector):
         typical moves) kept a disk's floor up for over an hour, and a disk filling from
         a quarter of an hour after it built no evidence for 30 minutes. On four fresh
         fleets (1,096 node-days) 4 drained 12 failures earlier (132 min in all; that disk
-        24), none later, and drained the same healthy node either way; on four further,
-        not used to choose it, 8 earlier (21 min), and on four long ones (2,000
-        node-days) 17 earlier (89 min), none later, no other healthy node. At 2 a
+        24), none later; on four further, not used to choose it, 8 earlier (21 min), and
+        on four long ones (2,000 node-days) 17 earlier (89 min), none later. The same
+        healthy nodes drained either way (one on each of two fleets). At 2 a
         deploy blip read as a fall and a noisy plateau winding down alarmed.
     """
 
