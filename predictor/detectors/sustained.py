@@ -18,6 +18,7 @@ _DIFF_TO_SLOPE_SIGMA = np.sqrt(np.pi) / 2
 _TABLE_MAX = 1 << 20  # longest table of bias-correction weights kept
 _HELD_FADE = 0.7
 STEP_NOISE = 4.0
+HELD_SHARE = 0.5
 
 
 class Sustained(OnlineDetector):
@@ -41,10 +42,10 @@ class Sustained(OnlineDetector):
     - samples missed since the previous one (the gap over the series' typical gap, clipped
       to ``gap_clip``) feed a second CUSUM with allowance ``gap_k``: one late scrape adds
       little, a node dropping more and more samples adds up. A silence (``reset_gaps``: an
-      outage, a reboot) restarts both CUSUMs, and its own missed samples are held back:
-      fading by ``held_fade`` with each sample on time, they count only if another scrape
-      goes missing. A node back from its failure is not kept at risk by the gap it left;
-      one whose scrapes keep failing is.
+      outage, a reboot) restarts both CUSUMs, and a share of its own missed samples is
+      held back (``held_share``): fading by ``held_fade`` with each sample on time, it
+      counts only if another scrape goes missing. A node back from its failure is not
+      kept at risk by the gap it left; one whose scrapes keep failing is.
 
     The score is the larger CUSUM over its threshold (``h`` or ``gap_h``), clipped to 1.
     Nothing here depends on what the metric is, only on the series' own history.
@@ -88,6 +89,12 @@ class Sustained(OnlineDetector):
         200 synthetic leaks over such sawtooths 1 more was caught, 38 earlier, none later.
     held_fade
         Share of a silence's held-back missed samples kept per sample that arrives on time.
+    held_share
+        Share of a silence's missed samples (clipped to ``gap_clip``) held back. In full,
+        a node back from a ten-minute crash whose one series then missed two scrapes in
+        a row reached 0.82 of ``gap_h``, over the policy's 0.8 (a fresh fleet's healthy
+        node drained). At half, a silence and any one gap after it stay under 0.8 (at
+        most 4.5 of 6 missed samples); a node that keeps losing samples still adds up.
     step_noise
         A move counts in the recent noise up to this many times the rate clip (None: at
         full size). The slope keeps no more of a step than the clip, so the floor need not
@@ -118,6 +125,7 @@ class Sustained(OnlineDetector):
         freeze: float = 0.2,
         held_fade: float = _HELD_FADE,
         step_noise: float | None = STEP_NOISE,
+        held_share: float = HELD_SHARE,
     ):
         self.alpha = alpha
         self.alpha_ref = alpha_ref
@@ -134,6 +142,7 @@ class Sustained(OnlineDetector):
         self.freeze = freeze
         self.held_fade = held_fade
         self.step_noise = step_noise
+        self.held_share = held_share
         self.columns_ = np.zeros((_STATE, 0))
 
     def _ensure(self, keys: np.ndarray) -> None:
@@ -157,6 +166,7 @@ class Sustained(OnlineDetector):
             slope_z = (columns[_G] - columns[_MU]) / (state["alpha"] * moves + 1e-12)
             columns = np.vstack([columns, np.clip(slope_z, -state["clip"], state["clip"])])
         state.setdefault("held_fade", _HELD_FADE)
+        state.setdefault("held_share", HELD_SHARE)
         state.setdefault("step_noise", STEP_NOISE)
         state["columns_"] = columns
         self.__dict__.update(state)
@@ -257,7 +267,7 @@ class Sustained(OnlineDetector):
         np.copyto(held, 0.0, where=late)
         if any_restart:
             miss[silent] = 0.0
-            held[silent] = missed[silent]
+            held[silent] = missed[silent] * self.held_share
             missed[silent] = 0.0
         miss += missed
         miss -= self.gap_k
