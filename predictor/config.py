@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     budget_max_nodes: int = 2
     budget_max_fraction: float = 0.25
     stale_after_s: float = 120.0
+    # A node silent for longer (a reboot, an outage) starts its drain episode and its
+    # recovery again on what it reports once back. Longer than a patchy node's gaps
+    # between evaluations: those gaps are its symptom.
+    silence_s: float = 300.0
     failsafe_stale_fraction: float = 0.5
     failsafe_spike_fraction: float = 0.5
     # A drain waits while this share of its pool's reporting nodes (3 at least) rose to the

@@ -32,7 +32,7 @@ class NodeTrack:
 
     above_since: float | None = None
     below_since: float | None = None
-    below_seen_ts: float = -math.inf  # the latest evaluation below exit while drained
+    seen_ts: float = -math.inf  # the latest evaluation walked
     last_action_ts: float = -math.inf
     blocked_reason: str | None = None
 
@@ -140,14 +140,15 @@ class Policy:
         self, node: str, track: NodeTrack, ts: float, risk: float
     ) -> dict[str, Any] | None:
         s = self.settings
+        silent = ts - track.seen_ts > s.silence_s
+        track.seen_ts = ts
         if risk >= s.exit_threshold:
             track.below_since = None
             return None
         # A silence (an outage, a reboot) is not time seen healthy: the node recovers on
         # what it reports once it is back.
-        if track.below_since is None or ts - track.below_seen_ts > s.stale_after_s:
+        if track.below_since is None or silent:
             track.below_since = ts
-        track.below_seen_ts = ts
         if s.auto_undrain and ts - track.below_since >= s.recovery_s:
             reason = f"risk {risk:.2f} below {s.exit_threshold} for {ts - track.below_since:.0f}s"
             return self.undrain(node, reason=f"recovered: {reason}", ts=ts, risk=risk)
@@ -165,9 +166,14 @@ class Policy:
         node_last_ts: dict[str, float],
     ) -> dict[str, Any] | None:
         s = self.settings
-        if risk < s.exit_threshold:
+        # Nor is a silence time seen at risk: a node back from one (a reboot, a failure it
+        # was not drained before) starts its episode again on what it reports now.
+        silent = ts - track.seen_ts > s.silence_s
+        track.seen_ts = ts
+        if risk < s.exit_threshold or silent:
             track.above_since = None
             track.blocked_reason = None
+        if risk < s.exit_threshold:
             return None
         if risk < s.enter_threshold and track.above_since is None:
             return None  # hysteresis: between the thresholds nothing starts

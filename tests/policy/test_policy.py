@@ -196,6 +196,21 @@ def test_an_episode_ends_below_the_exit_threshold(make) -> None:
     assert act["ts"] == 100
 
 
+def test_a_silence_starts_the_episode_again(make) -> None:
+    # Risky and held back by the budget, then silent for ten minutes (it failed); its
+    # first evaluation back still carries the risk from before, the next is low. The
+    # drain must not fire on the episode begun before the silence.
+    h = make(budget_max_nodes=1, budget_max_fraction=1.0)
+    h.run("web-1", high(0, 60))
+    assert [a["status"] for a in h.run("web-2", high(100, 200, step=20))] == ["blocked"]
+    h.policy.undrain("web-1", reason="manual", ts=250.0)  # the budget frees
+    assert h.run("web-2", [(800, 0.95), (860, 0.1)]) == []
+    assert h.drained() == set()
+    # A patchy node's gaps between evaluations are shorter than a silence: still one episode.
+    [act] = h.run("web-3", [(0, 0.95), (200, 0.95)])
+    assert act["ts"] == 200 and "episode of 200s" in act["reason"]
+
+
 def test_minimum_duration_is_event_time_and_rows_are_sorted(make) -> None:
     h = make()
     rows = [("web-1", t, 0.95) for t in (60, 50, 40, 30, 20, 10, 0)]  # arrives unsorted
