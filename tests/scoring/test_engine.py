@@ -12,7 +12,17 @@ from pydantic import ValidationError
 
 from predictor.config import Settings
 from predictor.detectors import Breakout, RangeBreak, Sustained
-from predictor.detectors.sustained import _CAP, _FLOOR, _GZ, _HELD, _N, _NOISE, _SINCE, STEP_NOISE
+from predictor.detectors.sustained import (
+    _CAP,
+    _FLOOR,
+    _GZ,
+    _HELD,
+    _N,
+    _NOISE,
+    _SINCE,
+    HELD_SHARE,
+    STEP_NOISE,
+)
 from predictor.ingest import SampleBatch
 from predictor.scoring import ScoringEngine
 from predictor.simulate import FleetSpec, simulate
@@ -142,7 +152,7 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     # What an older version wrote: series by name in a dict, their metric names, no
     # last-fed times; in the detector no restart count, no slow-falling noise floor, no
     # held-back silence, no recent clipped moves and no slope read move by move (its last
-    # five rows), and no cap on a step's share of the noise.
+    # five rows), no cap on a step's share of the noise and no share of a silence held.
     metrics, nodes = list(state.metric_ids), list(state.node_ids)
     state.__dict__["series_ids"] = {
         (nodes[state.series_node[k]], metrics[m]): k for k, m in enumerate(series_metric)
@@ -154,8 +164,10 @@ def test_a_checkpoint_from_before_restart_counts_noise_floors_and_evidence_sampl
     inner.columns_ = inner.columns_[:-5].copy()
     del inner.__dict__["held_fade"]
     del inner.__dict__["step_noise"]
+    del inner.__dict__["held_share"]
     restored = pickle.loads(pickle.dumps(state))
     assert restored.evidence_detectors[0].inner_.step_noise == STEP_NOISE
+    assert restored.evidence_detectors[0].inner_.held_share == HELD_SHARE
     assert np.isneginf(restored.series_evidence_ts).all()
     columns = restored.evidence_detectors[0].inner_.columns_
     np.testing.assert_array_equal(columns[_SINCE], columns[_N])
