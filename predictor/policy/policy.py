@@ -36,6 +36,12 @@ class NodeTrack:
     last_action_ts: float = -math.inf
     blocked_reason: str | None = None
 
+    def seen_after_silence(self, ts: float, silence_s: float) -> bool:
+        """Note an evaluation at ``ts``; True if the node was silent for ``silence_s`` before."""
+        silent = ts - self.seen_ts > silence_s
+        self.seen_ts = ts
+        return silent
+
 
 class Policy:
     """Turns node risk into drain / failover / undrain decisions."""
@@ -140,8 +146,7 @@ class Policy:
         self, node: str, track: NodeTrack, ts: float, risk: float
     ) -> dict[str, Any] | None:
         s = self.settings
-        silent = ts - track.seen_ts > s.silence_s
-        track.seen_ts = ts
+        silent = track.seen_after_silence(ts, s.silence_s)
         if risk >= s.exit_threshold:
             track.below_since = None
             return None
@@ -168,8 +173,7 @@ class Policy:
         s = self.settings
         # Nor is a silence time seen at risk: a node back from one (a reboot, a failure it
         # was not drained before) starts its episode again on what it reports now.
-        silent = ts - track.seen_ts > s.silence_s
-        track.seen_ts = ts
+        silent = track.seen_after_silence(ts, s.silence_s)
         if risk < s.exit_threshold or silent:
             track.above_since = None
             track.blocked_reason = None
