@@ -98,6 +98,12 @@ class Sustained(OnlineDetector):
         but a little later: of 300 synthetic patchy series (dropping up to 70-95% of
         scrapes before dying) 266 reached 0.8 before dying at half, 272 in full, as a
         silence clears the evidence built before it and less is held back in its place.
+        Holding that cleared evidence back too was tried and dropped: on a long fleet two
+        nodes drained for patchy data, back from their failures, each missed one scrape
+        minutes later and got all of it back (far past ``gap_h``, fading by ``gap_k`` a
+        sample): their risk stayed over the exit threshold for 50 and 109 min after they
+        were back, so they stayed drained, and the budget held back one's pool-mate with
+        a filling disk (drained 11 min ahead otherwise).
     step_noise
         A move counts in the recent noise up to this many times the rate clip (None: at
         full size). The slope keeps no more of a step than the clip, so the floor need not

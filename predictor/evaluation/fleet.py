@@ -211,6 +211,7 @@ def head_to_head(
         }
 
     return medians(both) | {
+        "ratio_interval": ratio_interval(mine[both].to_numpy(), theirs[both].to_numpy()),
         "only_ours": int((mine.notna() & theirs.isna()).sum()),
         "only_rival": int((mine.isna() & theirs.notna()).sum()),
         "ours_earlier": int((mine[both] > theirs[both]).sum()),
@@ -219,3 +220,26 @@ def head_to_head(
             for mode in sorted(leads.loc[both, "mode"].unique())
         },
     }
+
+
+def ratio_interval(
+    ours: np.ndarray, rival: np.ndarray, *, level: float = 0.9, resamples: int = 2000
+) -> list[float] | None:
+    """Paired bootstrap interval of ``median(ours) / median(rival)`` over the failures.
+
+    A fleet's failures are a small sample (a short fleet has about ten both caught), and
+    which ones it draws moves the ratio of the medians by far more than most detector
+    changes: resampling the failures (each with both leads) shows by how much. Fixed
+    seed, so a report is reproducible. None below two failures.
+    """
+    if len(ours) < 2:
+        return None
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(ours), size=(resamples, len(ours)))
+    theirs = np.median(rival[picks], axis=1)
+    ratios = np.median(ours[picks], axis=1) / np.where(theirs > 0, theirs, np.nan)
+    ratios = ratios[np.isfinite(ratios)]
+    if not len(ratios):
+        return None
+    tail = (1 - level) / 2
+    return [float(q) for q in np.quantile(ratios, [tail, 1 - tail])]

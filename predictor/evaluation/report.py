@@ -68,6 +68,13 @@ def _ratio(lead: float | None, rival: float | None) -> str:
     return f"{lead / rival:.1f}x" if lead is not None and rival else "-"
 
 
+def _interval(bounds: list[float] | None) -> str:
+    if not bounds:
+        return ""
+    low, high = bounds
+    return f", 90% bootstrap interval over these failures {low:.1f}x-{high:.1f}x"
+
+
 def head_to_head_line(pair: dict[str, Any]) -> str:
     """Markdown: predictor against the static rules on the failures both caught."""
     ours, theirs = pair["ours_median_min"], pair["rival_median_min"]
@@ -75,7 +82,8 @@ def head_to_head_line(pair: dict[str, Any]) -> str:
     return (
         f"Head to head, on the {pair['both_caught']} failures with a precursor that both "
         "predictor and the static rules caught after its onset: median lead after onset "
-        f"{_minutes(ours)} min against {_minutes(theirs)} ({_ratio(ours, theirs)}); "
+        f"{_minutes(ours)} min against {_minutes(theirs)} ({_ratio(ours, theirs)}"
+        f"{_interval(pair.get('ratio_interval'))}); "
         f"predictor drained earlier on {pair['ours_earlier']} of them. Caught after onset "
         f"by predictor only: {pair['only_ours']}; by the static rules only: "
         f"{pair['only_rival']}. The most any detector could lead by on the same failures "

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.evaluation.fleet import failure_leads, head_to_head, score_drains
-from predictor.evaluation.report import head_to_head_table
+from predictor.evaluation.fleet import failure_leads, head_to_head, ratio_interval, score_drains
+from predictor.evaluation.report import head_to_head_line, head_to_head_table
 
 
 def test_leads_from_the_onset_ignore_drains_made_before_the_precursor() -> None:
@@ -94,3 +94,34 @@ def test_head_to_head_compares_two_detectors_on_the_failures_both_caught() -> No
         "| disk | 1 | 17 | 33 | 0.5x | 133 | 4.0x |",
         "| leak | 1 | 50 | 10 | 5.0x | 100 | 10.0x |",
     ]
+
+
+def test_the_ratio_of_the_medians_comes_with_a_bootstrap_interval() -> None:
+    rng = np.random.default_rng(3)
+    rival = rng.uniform(5, 40, 200)
+    ours = rival + rng.uniform(0, 50, 200)  # ahead of the rival by a varying margin
+    ratio = np.median(ours) / np.median(rival)
+    wide = ratio_interval(ours[:10], rival[:10])
+    narrow = ratio_interval(ours, rival)
+    assert wide is not None and narrow is not None
+    assert narrow[0] < ratio < narrow[1]
+    # Ten failures say much less than two hundred.
+    assert wide[1] - wide[0] > 2 * (narrow[1] - narrow[0])
+    # Identical leads: no doubt at all; one failure: no interval.
+    assert ratio_interval(rival, rival) == [1.0, 1.0]
+    assert ratio_interval(ours[:1], rival[:1]) is None
+
+
+def test_the_head_to_head_line_gives_the_interval() -> None:
+    events = pd.DataFrame(
+        {"node": ["a", "b", "c"], "ts": [10_000.0] * 3, "kind": ["failure"] * 3,
+         "precursor_start_ts": [2_000.0] * 3}
+    )  # fmt: skip
+    ours = pd.DataFrame({"node": ["a", "b", "c"], "ts": [6_000.0, 7_000.0, 8_000.0]})
+    rival = pd.DataFrame({"node": ["a", "b", "c"], "ts": [8_000.0, 9_000.0, 9_500.0]})
+    pair = head_to_head(ours=ours, rival=rival, events=events)
+    low, high = pair["ratio_interval"]
+    assert low < 3_000 / 1_000 < high  # the medians' ratio
+    assert f"(3.0x, 90% bootstrap interval over these failures {low:.1f}x-{high:.1f}x)" in (
+        head_to_head_line(pair)
+    )
