@@ -229,6 +229,9 @@ def evaluate(
     ] = None,
     nodes: Annotated[int, typer.Option(help="Nodes per simulated fleet")] = 24,
     days: Annotated[float, typer.Option(help="Days per simulated fleet")] = 2.0,
+    fleets: Annotated[
+        int, typer.Option(min=1, help="Simulated evaluation fleets per naming, pooled too")
+    ] = 1,
     step: Annotated[float, typer.Option(help="Seconds between simulated samples")] = 60.0,
     failure_rate: Annotated[float, typer.Option(help="Simulated failures per node-day")] = 0.4,
     nab_dir: Annotated[
@@ -240,8 +243,9 @@ def evaluate(
     from predictor.evaluation.run import run_evaluation
 
     figures = run_evaluation(
-        out_dir=out, data=data, train_data=train_data, nodes=nodes, days=days, step_s=step,
-        failure_rate=failure_rate, nab_dir=nab_dir, settings=_settings(), console=console,
+        out_dir=out, data=data, train_data=train_data, nodes=nodes, days=days, fleets=fleets,
+        step_s=step, failure_rate=failure_rate, nab_dir=nab_dir, settings=_settings(),
+        console=console,
     )  # fmt: skip
     console.print(f"wrote {out / 'evaluation.md'} in {figures['run']['seconds']:.0f} s")
 

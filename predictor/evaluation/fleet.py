@@ -9,7 +9,7 @@ no failure followed is a false drain.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,25 @@ def head_to_head(
             for mode in sorted(leads.loc[both, "mode"].unique())
         },
     }
+
+
+def pooled_head_to_head(
+    fleets: Sequence[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]],
+) -> dict[str, Any]:
+    """:func:`head_to_head` over the failures of several fleets together.
+
+    Each fleet is ``(ours, rival, events)``; its node names are kept apart from the
+    other fleets' (every simulated fleet has a ``node-000``).
+    """
+
+    def tagged(frame: pd.DataFrame, i: int) -> pd.DataFrame:
+        return frame.assign(node=f"{i}/" + frame["node"].astype(str))
+
+    ours, rival, events = (
+        pd.concat([tagged(fleet[part], i) for i, fleet in enumerate(fleets)], ignore_index=True)
+        for part in range(3)
+    )
+    return head_to_head(ours=ours, rival=rival, events=events)
 
 
 def ratio_interval(

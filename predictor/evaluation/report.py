@@ -15,7 +15,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from predictor.config import Settings  # noqa: E402
-from predictor.evaluation.fleet import failure_leads, head_to_head  # noqa: E402
+from predictor.evaluation.fleet import (  # noqa: E402
+    failure_leads,
+    head_to_head,
+    pooled_head_to_head,
+)
 from predictor.evaluation.nab import PROFILES, nab_table  # noqa: E402
 
 if TYPE_CHECKING:
@@ -90,6 +94,13 @@ def head_to_head_line(pair: dict[str, Any]) -> str:
         "(a drain at each precursor's first sample, as the labels give it): "
         f"{_minutes(ceiling)} min ({_ratio(ceiling, theirs)})."
     )
+
+
+def _head_to_head_md(pair: dict[str, Any]) -> list[str]:
+    md = ["", head_to_head_line(pair)]
+    if pair["per_mode"]:
+        md += ["", "Head to head per failure mode:", "", head_to_head_table(pair)]
+    return md
 
 
 def head_to_head_table(pair: dict[str, Any]) -> str:
@@ -359,6 +370,7 @@ def write_report(
         "(no online or evidence detectors), same policy.",
     ]
     fleet_json: dict[str, Any] = {}
+    pooled_from: list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = []
     for case in cases:
         md += [
             "",
@@ -370,13 +382,10 @@ def write_report(
         ]
         pair = None
         if case.events is not None and {"predictor", "static rules"} <= case.drains.keys():
-            pair = head_to_head(
-                ours=case.drains["predictor"], rival=case.drains["static rules"],
-                events=case.events,
-            )  # fmt: skip
-            md += ["", head_to_head_line(pair)]
-            if pair["per_mode"]:
-                md += ["", "Head to head per failure mode:", "", head_to_head_table(pair)]
+            ours, rules = case.drains["predictor"], case.drains["static rules"]
+            pooled_from.append((ours, rules, case.events))
+            pair = head_to_head(ours=ours, rival=rules, events=case.events)
+            md += _head_to_head_md(pair)
         md += [
             "",
             "Recall per failure mode (median lead time):",
@@ -391,6 +400,11 @@ def write_report(
             "static_rules_alone": case.per_rule,
             "head_to_head_static_rules": pair,
         }
+    pooled = None
+    if len(pooled_from) > 1:
+        pooled = pooled_head_to_head(pooled_from)
+        md += ["", "### All fleets pooled", "", "The failures of every fleet above together."]
+        md += _head_to_head_md(pooled)
     md += ["", "## NAB (development subset)", ""]
     if nab is not None:
         md += [
@@ -428,6 +442,7 @@ def write_report(
                 "min_duration_s": settings.min_duration_s,
             },
             "fleet": fleet_json,
+            "pooled_head_to_head_static_rules": pooled,
             "nab": nab,
             "nab_note": nab_note,
             "published_nab": {

@@ -2,7 +2,8 @@
 
 Fleets. Without ``data`` the run simulates, for each naming (``simple`` and
 ``prometheus``), a *training* fleet from :data:`TRAINING_SEEDS` and an *evaluation* fleet
-from :data:`EVALUATION_SEEDS`. The evaluation seeds are kept for this report only: never
+from :data:`EVALUATION_SEEDS` (or several: ``fleets``, seeds 100 apart). The evaluation
+seeds are kept for this report only: never
 tune anything on them (develop on other seeds, e.g. ``predictor simulate --seed 1``). The
 model of each case is trained on the fleet with the same naming as the one evaluated,
 because in production the names come from the operator's own store. With ``data`` (a
@@ -287,6 +288,7 @@ def run_evaluation(
     train_fraction: float = 0.5,
     nodes: int = 24,
     days: float = 2.0,
+    fleets: int = 1,
     step_s: float = 60.0,
     failure_rate: float = FAILURE_RATE,
     nab_dir: Path | None = None,
@@ -298,6 +300,10 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate on fleets (and NAB), write ``evaluation.md``, ``evaluation.json`` and plots.
 
+    Without ``data``, ``fleets`` evaluation fleets per naming (seeds
+    :data:`EVALUATION_SEEDS` + 100 k): one fleet's ten-odd failures say little about a
+    median, so the report also pools the head to head over all of them.
+
     Returns the figures written to ``evaluation.json``.
     """
     from predictor.evaluation.report import write_report
@@ -306,7 +312,7 @@ def run_evaluation(
     console = console or Console()
     started = time.perf_counter()
     have_nab = nab_dir is not None and (nab_dir / "labels" / "combined_windows.json").exists()
-    n_cases = 1 if data is not None else len(NAMINGS)
+    n_cases = 1 if data is not None else len(NAMINGS) * fleets
     per_case = 2 + 6 + 1 + 8 + 1 + 4 + (0 if data is not None else 2)
     total = n_cases * per_case + (20 if have_nab else 0)
     columns = (
@@ -315,6 +321,9 @@ def run_evaluation(
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
     )
+    evaluation_seeds = {
+        naming: [seed + 100 * k for k in range(fleets)] for naming, seed in EVALUATION_SEEDS.items()
+    }
     cases: list[CaseResult] = []
     nab: dict[str, dict[str, dict[str, float]]] | None = None
     with Progress(*columns, console=console, disable=not show_progress) as progress:
@@ -337,23 +346,27 @@ def run_evaluation(
             )
         else:
             for naming in NAMINGS:
-                with stages.stage(f"{naming}: simulate fleets", 2):
-                    kw: dict[str, Any] = dict(
-                        naming=naming, nodes=nodes, days=days, step_s=step_s,
-                        failure_rate=failure_rate,
-                    )  # fmt: skip
-                    training = simulated_fleet(seed=TRAINING_SEEDS[naming], **kw)
-                    evaluation = simulated_fleet(seed=EVALUATION_SEEDS[naming], **kw)
-                cases.append(
-                    evaluate_case(
-                        name=f"simulated, {naming} names",
-                        training=training,
-                        evaluation=evaluation,
-                        settings=settings,
-                        stages=stages,
-                        detectors=detectors,
+                kw: dict[str, Any] = dict(
+                    naming=naming, nodes=nodes, days=days, step_s=step_s,
+                    failure_rate=failure_rate,
+                )  # fmt: skip
+                for seed in evaluation_seeds[naming]:
+                    name = f"simulated, {naming} names"
+                    if seed != EVALUATION_SEEDS[naming]:
+                        name += f", seed {seed}"
+                    with stages.stage(f"{name}: simulate fleets", 2):
+                        training = simulated_fleet(seed=TRAINING_SEEDS[naming], **kw)
+                        evaluation = simulated_fleet(seed=seed, **kw)
+                    cases.append(
+                        evaluate_case(
+                            name=name,
+                            training=training,
+                            evaluation=evaluation,
+                            settings=settings,
+                            stages=stages,
+                            detectors=detectors,
+                        )
                     )
-                )
         if have_nab:
             assert nab_dir is not None
             with stages.stage("NAB: ensemble through the engine", 20) as report:
@@ -367,7 +380,7 @@ def run_evaluation(
         run_info={
             "seconds": round(time.perf_counter() - started, 1),
             "training_seeds": TRAINING_SEEDS,
-            "evaluation_seeds": EVALUATION_SEEDS,
+            "evaluation_seeds": evaluation_seeds,
             "nodes": nodes,
             "days": days,
             "step_s": step_s,

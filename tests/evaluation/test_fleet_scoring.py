@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.evaluation.fleet import failure_leads, head_to_head, ratio_interval, score_drains
+from predictor.evaluation.fleet import (
+    failure_leads,
+    head_to_head,
+    pooled_head_to_head,
+    ratio_interval,
+    score_drains,
+)
 from predictor.evaluation.report import head_to_head_line, head_to_head_table
 
 
@@ -125,3 +131,20 @@ def test_the_head_to_head_line_gives_the_interval() -> None:
     assert f"(3.0x, 90% bootstrap interval over these failures {low:.1f}x-{high:.1f}x)" in (
         head_to_head_line(pair)
     )
+
+
+def test_pooled_head_to_head_keeps_each_fleets_nodes_apart() -> None:
+    # Two fleets, each with its own node "a" failing at the same time: one drain on one
+    # fleet's "a" must not count for the other's.
+    events = pd.DataFrame(
+        {"node": ["a"], "ts": [10_000.0], "kind": ["failure"], "precursor_start_ts": [2_000.0]}
+    )
+    early = pd.DataFrame({"node": ["a"], "ts": [4_000.0]})
+    late = pd.DataFrame({"node": ["a"], "ts": [9_000.0]})
+    none = pd.DataFrame({"node": pd.Series([], dtype=object), "ts": pd.Series([], dtype=float)})
+    pooled = pooled_head_to_head([(early, late, events), (late, none, events)])
+    assert (pooled["both_caught"], pooled["only_ours"], pooled["only_rival"]) == (1, 1, 0)
+    assert pooled["ours_median_min"] == pytest.approx(6_000 / 60)
+    pooled = pooled_head_to_head([(early, late, events), (late, early, events)])
+    assert pooled["both_caught"] == 2
+    assert pooled["ours_median_min"] == pooled["rival_median_min"] == pytest.approx(3_500 / 60)

@@ -104,6 +104,29 @@ def test_run_evaluation_writes_the_report(tmp_path: Path) -> None:
     assert (tmp_path / "results" / "ensemble" / "c" / "ensemble_spike.csv").exists()
 
 
+@pytest.mark.integration
+def test_several_fleets_per_naming_are_evaluated_and_pooled(tmp_path: Path) -> None:
+    figures = run_evaluation(
+        out_dir=tmp_path / "reports", nodes=4, days=0.5, step_s=120.0, failure_rate=6.0,
+        fleets=2, detectors=("predictor", "static rules"), nab_dir=tmp_path / "absent",
+        settings=Settings(models_dir=tmp_path / "models"), show_progress=False,
+    )  # fmt: skip
+    cases = figures["fleet"]
+    assert set(cases) == {
+        "simulated, simple names", "simulated, simple names, seed 9101",
+        "simulated, prometheus names", "simulated, prometheus names, seed 9102",
+    }  # fmt: skip
+    seeds = {"simple": [9001, 9101], "prometheus": [9002, 9102]}
+    assert figures["run"]["evaluation_seeds"] == seeds
+    pooled = figures["pooled_head_to_head_static_rules"]
+    pairs = [case["head_to_head_static_rules"] for case in cases.values()]
+    # Half a day is too short for our detectors to warm up, not for the rules.
+    for count in ("both_caught", "only_ours", "only_rival"):
+        assert pooled[count] == sum(pair[count] for pair in pairs)
+    assert pooled["only_rival"] > 0
+    assert "### All fleets pooled" in (tmp_path / "reports" / "evaluation.md").read_text()
+
+
 def test_run_evaluation_on_a_dataset_dir_splits_it_in_time(tmp_path: Path) -> None:
     spec = FleetSpec(nodes=3, pools=1, duration_s=6 * 3600, step_s=120.0, seed=5)
     fleet = simulate(spec)
