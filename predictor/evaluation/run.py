@@ -3,12 +3,12 @@
 Fleets. Without ``data`` the run simulates, for each naming (``simple`` and
 ``prometheus``), a *training* fleet from :data:`TRAINING_SEEDS` and an *evaluation* fleet
 from :data:`EVALUATION_SEEDS` (or several: ``fleets``, seeds 100 apart). The evaluation
-seeds are kept for this report only: never
-tune anything on them (develop on other seeds, e.g. ``predictor simulate --seed 1``). The
-model of each case is trained on the fleet with the same naming as the one evaluated,
-because in production the names come from the operator's own store. With ``data`` (a
-labelled dataset dir) the model trains on the earlier ``train_fraction`` of its time span
-(or on ``train_data`` when given) and is evaluated on the rest.
+seeds are kept for this report only: never tune anything on them (develop on other seeds,
+e.g. ``predictor simulate --seed 1``). The model of each case is trained on the fleet with
+the same naming as the one evaluated, because in production the names come from the
+operator's own store. With ``data`` (a labelled dataset dir) the model trains on the
+earlier ``train_fraction`` of its time span (or on ``train_data`` when given) and is
+evaluated on the rest.
 
 Detectors, each turned into drain decisions and scored by
 :func:`~predictor.evaluation.fleet.score_drains` on the same evaluation fleet:
