@@ -87,7 +87,7 @@ def head_to_head_line(pair: dict[str, Any]) -> str:
         f"Head to head, on the {pair['both_caught']} failures with a precursor that both "
         "predictor and the static rules caught after its onset: median lead after onset "
         f"{_minutes(ours)} min against {_minutes(theirs)} ({_ratio(ours, theirs)}"
-        f"{_interval(pair.get('ratio_interval'))}); "
+        f"{_interval(pair['ratio_interval'])}); "
         f"predictor drained earlier on {pair['ours_earlier']} of them. Caught after onset "
         f"by predictor only: {pair['only_ours']}; by the static rules only: "
         f"{pair['only_rival']}. The most any detector could lead by on the same failures "

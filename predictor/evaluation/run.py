@@ -313,8 +313,9 @@ def run_evaluation(
     started = time.perf_counter()
     have_nab = nab_dir is not None and (nab_dir / "labels" / "combined_windows.json").exists()
     n_cases = 1 if data is not None else len(NAMINGS) * fleets
-    per_case = 2 + 6 + 1 + 8 + 1 + 4 + (0 if data is not None else 2)
-    total = n_cases * per_case + (20 if have_nab else 0)
+    per_case = 2 + 6 + 1 + 8 + 1 + 4 + (0 if data is not None else 1)
+    simulate_training = 0 if data is not None else len(NAMINGS)
+    total = n_cases * per_case + simulate_training + (20 if have_nab else 0)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -350,12 +351,13 @@ def run_evaluation(
                     naming=naming, nodes=nodes, days=days, step_s=step_s,
                     failure_rate=failure_rate,
                 )  # fmt: skip
+                with stages.stage(f"{naming}: simulate the training fleet", 1):
+                    training = simulated_fleet(seed=TRAINING_SEEDS[naming], **kw)
                 for seed in evaluation_seeds[naming]:
                     name = f"simulated, {naming} names"
                     if seed != EVALUATION_SEEDS[naming]:
                         name += f", seed {seed}"
-                    with stages.stage(f"{name}: simulate fleets", 2):
-                        training = simulated_fleet(seed=TRAINING_SEEDS[naming], **kw)
+                    with stages.stage(f"{name}: simulate the evaluation fleet", 1):
                         evaluation = simulated_fleet(seed=seed, **kw)
                     cases.append(
                         evaluate_case(
